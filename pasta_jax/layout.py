@@ -1,0 +1,193 @@
+"""Thread layout of a tokenized response: the single source of truth for training.
+
+From prompt ids and a tokenized annotated response (`tokens.scan` grammar) this
+computes, per token of the training sequence (prompt, then the response in
+annotated document order, each body right after its promise):
+
+* thread ids, position ids (PASTA.md section 3, strategies predicted/oracle/fixed),
+* the compact visibility metadata of section 2 (`masks.AttentionMeta`) and, through
+  `masks.visibility_mask`, the [T, T] mask,
+* next-token targets and loss weights (section 4).
+
+The interpreter builds the same metadata for its cache entries (with the cache
+index as `order`), so training and decoding share one visibility rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from pasta_jax import masks
+from pasta_jax import tokens as tokens_lib
+
+STRATEGIES = ('predicted', 'oracle', 'fixed')
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """One training sequence: prompt followed by a response. Every array is [T].
+
+  Attributes:
+    tokens: input token ids.
+    positions: RoPE position of each token.
+    thread: 0 for the prompt and main thread, k for async thread k.
+    anchor, visible_from, order: visibility metadata (see `masks`).
+    targets: the next token of the token's own thread (0 where there is none).
+    loss_weights: 1.0 where `targets` is a training target, else 0.0 (prompt
+      tokens except the last, the last main token, every END_ASYNC).
+    prompt_length: number of prompt tokens at the start.
+  """
+
+  tokens: np.ndarray
+  positions: np.ndarray
+  thread: np.ndarray
+  anchor: np.ndarray
+  visible_from: np.ndarray
+  order: np.ndarray
+  targets: np.ndarray
+  loss_weights: np.ndarray
+  prompt_length: int
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def meta(self, segment: int = 1) -> masks.AttentionMeta:
+    """The compact attention metadata; all tokens in one packing segment."""
+    return masks.AttentionMeta(
+        thread=self.thread, anchor=self.anchor, visible_from=self.visible_from,
+        order=self.order, segment=np.full(len(self), segment, np.int32))
+
+  def mask(self) -> np.ndarray:
+    """bool [T, T]: mask[q, k] is True iff token q may attend to token k."""
+    meta = self.meta()
+    return np.asarray(masks.visibility_mask(meta, meta))
+
+
+def reserved_positions(strategy: str, promised: int, body_tokens: int,
+                       fixed_reserve: int | None = None) -> int:
+  """Positions R reserved for an async chunk (PASTA.md section 3).
+
+  Args:
+    strategy: 'predicted' (R = promised + 2), 'oracle' (R = true body length + 2)
+      or 'fixed' (R = fixed_reserve). The 2 counts `<async>` and `</async>`.
+    promised: the promise's `tokens` value.
+    body_tokens: the true number of body tokens (between ASYNC and END_ASYNC).
+    fixed_reserve: the constant of the 'fixed' strategy.
+  """
+  if strategy == 'predicted':
+    return promised + 2
+  if strategy == 'oracle':
+    return body_tokens + 2
+  if strategy == 'fixed':
+    if fixed_reserve is None or fixed_reserve < 0:
+      raise ValueError(f"strategy 'fixed' needs fixed_reserve >= 0, got {fixed_reserve}")
+    return fixed_reserve
+  raise ValueError(f'unknown position strategy {strategy!r}; expected one of {STRATEGIES}')
+
+
+def pasta_layout(prompt_ids: Sequence[int] | np.ndarray,
+                 response_ids: Sequence[int] | np.ndarray,
+                 control: tokens_lib.ControlTokens, *,
+                 strategy: str = 'predicted', fixed_reserve: int | None = None,
+                 start_position: int = 0) -> Layout:
+  """Lays out prompt + annotated response for PASTA training (PASTA.md 2-4).
+
+  Raises:
+    lang.PastaLangError: the response is not a well-formed annotated response
+      (the token index is relative to the response).
+  """
+  reserved_positions(strategy, 0, 0, fixed_reserve)  # validates the strategy early
+  prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
+  response = np.asarray(response_ids, np.int32).reshape(-1)
+  structure = tokens_lib.scan(response, control, annotated=True)
+  n_prompt, n = len(prompt), len(prompt) + len(response)
+  kind = np.concatenate([np.full(n_prompt, tokens_lib.Kind.TEXT, np.int32),
+                         structure.kind])
+  thread = np.concatenate([np.zeros(n_prompt, np.int32), structure.thread])
+  index = np.arange(n, dtype=np.int32)
+  num_threads = structure.num_threads
+  promise_end = structure.promise_end + n_prompt  # [P + 1]; entry 0 unused
+  body_tokens = np.bincount(thread, minlength=num_threads + 1) - 2  # minus tags
+
+  # Join point of each thread: the first SYNC after its promise, else EOS (the
+  # implicit sync), else never.
+  join = np.full(num_threads + 1, masks.NEVER, np.int64)
+  syncs = index[(kind == tokens_lib.Kind.SYNC) | (kind == tokens_lib.Kind.EOS)]
+  for k in range(1, num_threads + 1):
+    after = syncs[syncs > promise_end[k]]
+    if len(after):
+      join[k] = after[0]
+
+  # Visibility metadata, in the main clock = sequence index.
+  is_main = thread == 0
+  anchor = np.where(is_main, index, promise_end[thread]).astype(np.int32)
+  visible_from = np.where(is_main, index, join[thread]).astype(np.int32)
+
+  # Positions (section 3): main tokens count up; a promise's last token at p starts
+  # its thread at p + 1 and moves the main thread to p + 1 + R.
+  positions = np.zeros(n, np.int32)
+  positions[:n_prompt] = start_position + np.arange(n_prompt)
+  main_pos = start_position + n_prompt
+  thread_pos = np.zeros(num_threads + 1, np.int64)
+  for i in range(n_prompt, n):
+    k = thread[i]
+    if k:
+      positions[i] = thread_pos[k]
+      thread_pos[k] += 1
+      continue
+    positions[i] = main_pos
+    main_pos += 1
+    if kind[i] == tokens_lib.Kind.LENGTH:
+      t = int(np.searchsorted(promise_end, i))
+      thread_pos[t] = main_pos
+      main_pos += reserved_positions(strategy, int(structure.promised[t]),
+                                     int(body_tokens[t]), fixed_reserve)
+
+  targets, loss_weights = _next_in_thread(np.concatenate([prompt, response]), thread,
+                                          num_threads)
+  loss_weights[:max(n_prompt - 1, 0)] = 0.0
+  return Layout(np.concatenate([prompt, response]), positions, thread, anchor,
+                visible_from, index, targets, loss_weights, n_prompt)
+
+
+def sequential_layout(prompt_ids: Sequence[int] | np.ndarray,
+                      response_ids: Sequence[int] | np.ndarray, *,
+                      start_position: int = 0) -> Layout:
+  """Lays out prompt + plain response: causal mask, ordinary positions."""
+  prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
+  response = np.asarray(response_ids, np.int32).reshape(-1)
+  ids = np.concatenate([prompt, response])
+  meta = masks.causal_meta(len(ids))
+  targets, loss_weights = _next_in_thread(ids, meta.thread, 0)
+  loss_weights[:max(len(prompt) - 1, 0)] = 0.0
+  return Layout(ids, (start_position + meta.order).astype(np.int32), meta.thread,
+                meta.anchor, meta.visible_from, meta.order, targets, loss_weights,
+                len(prompt))
+
+
+def strip_ids(response_ids: Sequence[int] | np.ndarray,
+              control: tokens_lib.ControlTokens) -> np.ndarray:
+  """Reading-order text ids of an annotated response: tags, topics and lengths removed.
+
+  Each body stays where its promise stood (annotated order), EOS is kept.
+  """
+  response = np.asarray(response_ids, np.int32).reshape(-1)
+  structure = tokens_lib.scan(response, control, annotated=True)
+  keep = np.isin(structure.kind, (tokens_lib.Kind.TEXT, tokens_lib.Kind.BODY,
+                                  tokens_lib.Kind.EOS))
+  return response[keep]
+
+
+def _next_in_thread(ids: np.ndarray, thread: np.ndarray,
+                    num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+  """targets[i] = the next token of thread[i] after i; weights mark where one exists."""
+  targets = np.zeros(len(ids), np.int32)
+  weights = np.zeros(len(ids), np.float32)
+  for k in range(num_threads + 1):
+    members = np.flatnonzero(thread == k)
+    targets[members[:-1]] = ids[members[1:]]
+    weights[members[:-1]] = 1.0
+  return targets, weights
