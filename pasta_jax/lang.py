@@ -25,7 +25,8 @@ _TAG_NAMES = ('promise', 'async', 'sync')
 # A PASTA element starts with `<` or `</`, one of the three names, then whitespace,
 # `/` or `>`. At the very end of the input `<sync` is just text.
 _TAG_START = re.compile(r'<(/?)(promise|async|sync)(?=[\s/>])')
-_ATTR = re.compile(r'\s*([A-Za-z_][\w.-]*)\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
+# Attributes are separated from the name and from each other by whitespace.
+_ATTR = re.compile(r'\s+([A-Za-z_][\w.-]*)\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
 _ENTITY = re.compile(r'&(quot|amp|lt|gt|apos);')
 _ENTITIES = {'quot': '"', 'amp': '&', 'lt': '<', 'gt': '>', 'apos': "'"}
 _INTEGER = re.compile(r'[0-9]+')

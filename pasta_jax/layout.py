@@ -181,6 +181,55 @@ def strip_ids(response_ids: Sequence[int] | np.ndarray,
   return response[keep]
 
 
+def decode_steps(response_ids: Sequence[int] | np.ndarray,
+                 control: tokens_lib.ControlTokens, *, slots: int | None = None) -> int:
+  """Decode rounds an ideal interpreter needs for an annotated response.
+
+  The schedule (docs/pasta_lang.md, "Decode schedule"): every round each running
+  thread feeds one token and samples the next; the prefill round samples the first
+  response token, so a response without promises of R tokens takes R rounds (the
+  sequential baseline's steps). Sampling promise k's length token in round r forks
+  thread k, which feeds `<async>` in round r + 1 and samples its body and
+  `</async>` in rounds r + 1 ... r + 1 + body; it feeds `</async>` one round later
+  and frees its slot. With `slots` thread slots (slot 0 the main thread) at most
+  slots - 1 async threads run at once; later promises queue in order. After
+  sampling `<sync/>` the main thread samples its next token only once every
+  outstanding thread has sampled `</async>`; EOS waits for all threads.
+
+  Returns:
+    the number of rounds (PASTA.md section 6: theoretical speedup = baseline
+    tokens / this).
+  """
+  response = np.asarray(response_ids, np.int32).reshape(-1)
+  structure = tokens_lib.scan(response, control, annotated=True)
+  if slots is not None and slots < 2:
+    raise ValueError(f'PASTA decoding needs at least 2 slots (main + async), got {slots}')
+  body = np.bincount(structure.thread, minlength=structure.num_threads + 1) - 2
+  free_at = [] if slots is None else [0] * (slots - 1)  # round each async slot frees
+  last_start = 0
+  ends = []  # round in which each forked thread samples </async>
+  rounds = 0  # round in which the current main token was sampled
+  previous_kind = None
+  thread = 0
+  for i in np.flatnonzero(structure.thread == 0):
+    kind = structure.kind[i]
+    if previous_kind == tokens_lib.Kind.SYNC:
+      rounds = max([rounds] + ends) + 1
+    else:
+      rounds += 1
+    if kind == tokens_lib.Kind.LENGTH:
+      thread += 1
+      start = max(rounds + 1, last_start)
+      if free_at:
+        slot = int(np.argmin(free_at))
+        start = max(start, free_at[slot])
+        free_at[slot] = start + int(body[thread]) + 2
+      last_start = start
+      ends.append(start + int(body[thread]))
+    previous_kind = kind
+  return max([rounds] + ends)
+
+
 def _next_in_thread(ids: np.ndarray, thread: np.ndarray,
                     num_threads: int) -> tuple[np.ndarray, np.ndarray]:
   """targets[i] = the next token of thread[i] after i; weights mark where one exists."""

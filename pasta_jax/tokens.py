@@ -12,8 +12,9 @@ A tokenized annotated response (docs/pasta_lang.md has the full scheme):
 * `SYNC` is `<sync/>`; `EOS` ends the response (an implicit sync).
 
 A decoder parses this one token at a time with O(1) state: a mode (main, topic,
-body, done), the length of the current topic, and the number of promises so far.
-`scan` below is the host-side reference of that state machine.
+await-body, body, done) and the number of promises so far (an interpreter that
+caps topic length also counts the topic's tokens). `scan` below is the host-side
+reference of that state machine.
 """
 
 from __future__ import annotations
@@ -148,7 +149,10 @@ def scan(ids: Sequence[int] | np.ndarray, control: ControlTokens, *,
   thread = np.zeros(len(ids), np.int32)
   promised, promise_end = [0], [-1]
   mode = 'main'
-  names = {control.promise: '<promise>', control.async_open: '<async>',
+  names = {control.pad: 'padding'}
+  if control.bos is not None:
+    names[control.bos] = 'bos'
+  names |= {control.promise: '<promise>', control.async_open: '<async>',
            control.async_close: '</async>', control.sync: '<sync/>', control.eos: 'EOS'}
 
   def error(i, problem):
@@ -158,6 +162,9 @@ def scan(ids: Sequence[int] | np.ndarray, control: ControlTokens, *,
     name = names.get(tok, 'a length token' if tok in lengths else None)
     if mode == 'done':
       raise error(i, 'token after EOS')
+    if tok != control.eos and (tok == control.pad or tok == control.bos):
+      raise error(i, f'{name} id {tok} inside the response (a response holds no '
+                  'padding or BOS)')
     if mode == 'main':
       if tok == control.promise:
         kind[i], mode = Kind.PROMISE, 'topic'

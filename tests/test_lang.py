@@ -111,6 +111,7 @@ ERRORS = [
     ('<promise topic="a" tokens="10" x="1"/>', r"unknown attribute\(s\) \['x'\]", 0, 1, 1),
     ('<promise topic="a" topic="b" tokens="10"/>', r"duplicate attribute 'topic'", 19, 1, 20),
     ('<promise topic=a tokens="10"/>', r'malformed attributes', 8, 1, 9),
+    ('<promise topic="a"tokens="10"/>', r'malformed attributes', 18, 1, 19),
     ('<promise topic="a&b" tokens="10"/>', r'bare "&"', 0, 1, 1),
     ('hi <promise topic="a" tokens="10"', r'unterminated <promise>', 3, 1, 4),
     ('<promise topic="a" tokens="10"/>\n<async>b</async>', r"promise 'a' has no body", 0, 1, 1),

@@ -215,6 +215,8 @@ def test_packed_segments_never_see_each_other():
     ([60, EOS, 61], r'token after EOS', 2),
     ([60, L(0)], r'a length token in the main thread', 1),
     ([60, END], r'</async> in the main thread', 1),
+    ([60, 0, 61], r'padding id 0 inside the response', 1),
+    ([PROM, L(0), ASYNC, 2, END], r'bos id 2 inside the response', 3),
 ])
 def test_malformed_token_sequences(response, problem, index):
   with pytest.raises(lang.PastaLangError, match=problem) as info:
@@ -240,3 +242,38 @@ def test_control_tokens_validation():
     C.length_id(15)
   table = C.length_table(100)
   assert table[L(70)] == 70 and table[60] == -1 and (table >= 0).sum() == 21
+
+
+# ----------------------------------------------------------------------------
+# The ideal decode schedule.
+
+
+def test_decode_steps_sequential_response_is_its_length():
+  assert layout.decode_steps([60, 61, 62, EOS], C) == 4
+
+
+def test_decode_steps_by_hand():
+  # Rounds: 60@1 PROM@2 61@3 L@4 -> thread samples 70,71,72,END at 5..8; main:
+  # 62@5, SYNC@6, then waits for END@8: 63@9, EOS@10.
+  assert layout.decode_steps(RESPONSE, C) == 10
+  # Without the sync: 62@5 63@6 EOS@7, but EOS waits for the thread (END@8).
+  no_sync = [t for t in RESPONSE if t != SYNC]
+  assert layout.decode_steps(no_sync, C) == 8
+
+
+def test_decode_steps_with_queueing():
+  # Three promises with 4-token bodies back to back, then EOS.
+  resp = []
+  for _ in range(3):
+    resp += [PROM, L(10), ASYNC, 70, 71, 72, 73, END]
+  resp += [EOS]
+  # Main: PROM@1 L@2 PROM@3 L@4 PROM@5 L@6 EOS@7.
+  # Unlimited slots: threads start at 3, 5, 7; sample END at 7, 9, 11.
+  assert layout.decode_steps(resp, C) == 11
+  # One async slot: thread 1 runs 3..7 and feeds END at 8, so thread 2 starts at 9
+  # (END@13), thread 3 at 15 (END@19).
+  assert layout.decode_steps(resp, C, slots=2) == 19
+  # Two async slots: thread 3 waits for thread 1's slot (free at 9): END@13.
+  assert layout.decode_steps(resp, C, slots=3) == 13
+  with pytest.raises(ValueError, match='at least 2 slots'):
+    layout.decode_steps(resp, C, slots=1)
