@@ -1,0 +1,264 @@
+"""The synthetic PASTA benchmark: task families with real parallel structure.
+
+Every example has a prompt, an annotated response (PASTA-LANG), the plain response
+(its stripped form), its family and the structured facts that `check` uses to
+score any answer exactly. Generation is offline and deterministic for a
+(split, seed): the same call always yields the same examples, and a prompt belongs
+to exactly one split (chosen by a hash of the prompt), so test prompts never
+appear in training.
+
+Families (docs/benchmark.md describes them with examples):
+
+* ``reverse_join``: independent parts, then a part after `<sync/>` that copies
+  their results (a model that ignores sync semantics cannot write it).
+* ``list_ops``: a list of independent items, no sync (EOS joins).
+* ``sequential``: no independence at all (counting, sorting): no promises.
+* ``mixed``: a sequential part, independent parts, a sync and a summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import re
+from typing import Callable, Iterator, Sequence
+
+from pasta_jax import lang
+
+SPLITS = ('train', 'validation', 'test')
+# Fractions of the prompt space assigned to each split (by prompt hash).
+SPLIT_FRACTIONS = {'train': 0.90, 'validation': 0.05, 'test': 0.05}
+
+WORDS = (
+    'ant', 'bee', 'cat', 'cow', 'dog', 'eel', 'elk', 'emu', 'fox', 'gnu', 'hen', 'jay',
+    'owl', 'pig', 'ram', 'rat', 'yak', 'bear', 'boar', 'crab', 'crow', 'deer', 'dove',
+    'duck', 'frog', 'goat', 'hare', 'ibis', 'lion', 'lynx', 'mole', 'moth', 'mule',
+    'newt', 'seal', 'slug', 'swan', 'toad', 'wasp', 'wolf', 'worm', 'bison', 'camel',
+    'eagle', 'finch', 'gecko', 'goose', 'heron', 'horse', 'hyena', 'koala', 'llama',
+    'moose', 'mouse', 'otter', 'panda', 'quail', 'raven', 'shark', 'sheep', 'skunk',
+    'sloth', 'snail', 'snake', 'stork', 'tiger', 'trout', 'whale', 'zebra',
+)
+OPS = ('count', 'spell', 'repeat', 'double')
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  """One benchmark example."""
+
+  prompt: str
+  annotated: str
+  plain: str
+  family: str
+  facts: str  # JSON
+
+  def document(self, quantum: int = lang.DEFAULT_QUANTUM) -> lang.Document:
+    return lang.parse(self.annotated, quantum=quantum)
+
+
+def estimate_length(text: str) -> int:
+  """The default predicted length of a body: its character count.
+
+  The data pipeline can re-measure promised lengths with the real tokenizer.
+  """
+  return len(text)
+
+
+def _promise(topic: str, body: str, length_fn: Callable[[str], int],
+             quantum: int) -> lang.Promise:
+  tokens = -(-length_fn(body) // quantum) * quantum
+  return lang.Promise(topic, tokens, body)
+
+
+def _dashed(word: str) -> str:
+  return '-'.join(word)
+
+
+def _counting(start: int, steps: int) -> str:
+  return ' '.join(str(start + i) for i in range(1, steps + 1))
+
+
+def _op_item(rng: random.Random) -> tuple[str, str]:
+  """A list item: (its text in the prompt, its result)."""
+  op = rng.choice(OPS)
+  if op == 'count':
+    start, steps = rng.randrange(100), rng.randint(2, 10)
+    return f'count {steps} from {start}', _counting(start, steps)
+  if op == 'spell':
+    word = rng.choice(WORDS)
+    return f'spell {word}', _dashed(word)
+  if op == 'repeat':
+    word, times = rng.choice(WORDS), rng.randint(2, 5)
+    return f'repeat {word} {times}', ' '.join([word] * times)
+  number = rng.randrange(100)
+  return f'double {number}', str(2 * number)
+
+
+# Each family: rng -> (prompt, parts, facts). Parts are lang nodes, plain strings,
+# or (topic, body) pairs that become promises with their predicted lengths.
+
+
+def _reverse_join(rng: random.Random):
+  words = rng.sample(WORDS, rng.randint(1, 7))
+  rev = [w[::-1] for w in words]
+  prompt = f'spell and reverse each word, then join them: {" ".join(words)}'
+  parts = [f'{len(words)} words.\n']
+  parts += [(w, f'{w} spelled: {_dashed(w)}; reversed: {_dashed(r)}.\n')
+            for w, r in zip(words, rev)]
+  parts += [lang.Sync(), f'joined: {"-".join(rev)}']
+  return prompt, parts, {'words': words, 'reversed': rev, 'joined': '-'.join(rev)}
+
+
+def _list_ops(rng: random.Random):
+  items = [_op_item(rng) for _ in range(rng.randint(1, 8))]
+  prompt = 'do each: ' + ', '.join(task for task, _ in items)
+  parts = ['results:\n']
+  parts += [(task, f'- {task}: {result}\n') for task, result in items]
+  parts += [f'{len(items)} done.']
+  return prompt, parts, {'tasks': [t for t, _ in items], 'results': [r for _, r in items]}
+
+
+def _sequential(rng: random.Random):
+  if rng.random() < 0.5:
+    start = rng.randrange(90)
+    stop = start + rng.randint(2, 12)
+    answer = ' '.join(str(i) for i in range(start, stop + 1))
+    prompt = f'count from {start} to {stop}'
+    facts = {'task': 'count', 'answer': answer}
+  else:
+    numbers = [rng.randrange(100) for _ in range(rng.randint(2, 8))]
+    answer = ' '.join(str(n) for n in sorted(numbers))
+    prompt = f'sort: {" ".join(str(n) for n in numbers)}'
+    facts = {'task': 'sort', 'answer': answer}
+  return prompt, [f'answer: {answer}.'], facts
+
+
+def _mixed(rng: random.Random):
+  numbers = rng.sample(range(90), rng.randint(2, 6))
+  steps = rng.randint(3, 9)
+  ordered = sorted(numbers)
+  ends = [n + steps for n in ordered]
+  prompt = f'sort, then count {steps} up from each: {" ".join(str(n) for n in numbers)}'
+  parts = [f'sorted: {" ".join(str(n) for n in ordered)}\n']
+  parts += [(f'from {n}', f'from {n}: {_counting(n, steps)}\n') for n in ordered]
+  parts += [lang.Sync(), f'ends: {" ".join(str(e) for e in ends)}']
+  return prompt, parts, {'sorted': ordered, 'steps': steps, 'ends': ends}
+
+
+FAMILIES: dict[str, Callable[[random.Random], tuple]] = {
+    'reverse_join': _reverse_join,
+    'list_ops': _list_ops,
+    'sequential': _sequential,
+    'mixed': _mixed,
+}
+
+
+def split_of(prompt: str) -> str:
+  """The split a prompt belongs to (a fixed hash: stable across versions of Python)."""
+  h = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], 'big') / 2.0**64
+  edge = 0.0
+  for split in SPLITS:
+    edge += SPLIT_FRACTIONS[split]
+    if h < edge:
+      return split
+  return SPLITS[-1]
+
+
+def make_example(family: str, rng: random.Random, *,
+                 length_fn: Callable[[str], int] = estimate_length,
+                 quantum: int = lang.DEFAULT_QUANTUM) -> Example:
+  prompt, parts, facts = FAMILIES[family](rng)
+  nodes = [_promise(p[0], p[1], length_fn, quantum) if isinstance(p, tuple) else p
+           for p in parts]
+  doc = lang.Document(tuple(nodes))
+  return Example(prompt, lang.serialize(doc), lang.strip(doc), family,
+                 json.dumps(facts, sort_keys=True))
+
+
+def generate(split: str, num_examples: int, *, seed: int = 0,
+             families: Sequence[str] | None = None,
+             length_fn: Callable[[str], int] = estimate_length,
+             quantum: int = lang.DEFAULT_QUANTUM) -> Iterator[Example]:
+  """Yields `num_examples` distinct examples of one split, deterministically.
+
+  Families are cycled in order, so every family gets an equal share. Prompts are
+  unique within the stream and belong only to `split`.
+  """
+  if split not in SPLITS:
+    raise ValueError(f'unknown split {split!r}; expected one of {SPLITS}')
+  families = tuple(families or FAMILIES)
+  unknown = [f for f in families if f not in FAMILIES]
+  if unknown:
+    raise ValueError(f'unknown families {unknown}; expected some of {tuple(FAMILIES)}')
+  rng = random.Random(f'pasta_synth/{seed}/{split}')
+  seen: set[str] = set()
+  count, attempts = 0, 0
+  while count < num_examples:
+    family = families[count % len(families)]
+    example = make_example(family, rng, length_fn=length_fn, quantum=quantum)
+    attempts += 1
+    if attempts > 1000 * (num_examples + 10):
+      raise RuntimeError(f'could not find {num_examples} distinct {split} prompts; '
+                         'the prompt space is too small for this request')
+    if example.prompt in seen or split_of(example.prompt) != split:
+      continue
+    seen.add(example.prompt)
+    count += 1
+    yield example
+
+
+# ----------------------------------------------------------------------------
+# Checkers: answer text -> quality in [0, 1], field by field.
+
+
+def _norm(text: str) -> str:
+  return ' '.join(text.split())
+
+
+def _fields(answer: str, pattern: str) -> list[tuple[str, ...]]:
+  return re.findall(pattern, _norm(answer))
+
+
+def _score(expected: Sequence, found: Sequence) -> float:
+  """Fraction of expected fields found at their place (extra fields count against)."""
+  hits = sum(1 for e, f in zip(expected, found) if e == f)
+  return hits / max(len(expected), len(found), 1)
+
+
+def check(family: str, facts: str | dict, answer: str) -> float:
+  """Scores an answer (plain text, tags stripped) against an example's facts.
+
+  Each family's answer is a fixed set of fields (counts, one line per item, the
+  summary after the sync); the score is the fraction of fields exactly right,
+  after folding whitespace. Missing, extra or reordered items count as wrong.
+  """
+  facts = json.loads(facts) if isinstance(facts, str) else facts
+  if family == 'reverse_join':
+    n = len(facts['words'])
+    count_ok = _fields(answer, r'(\d+) words\.')[:1] == [str(n)]
+    expected = [(w, _dashed(w), _dashed(r)) for w, r in zip(facts['words'], facts['reversed'])]
+    items = _score(expected, _fields(answer, r'(\w+) spelled: ([\w-]+); reversed: ([\w-]+)\.'))
+    joined_ok = _fields(answer, r'joined: ([\w-]+)')[-1:] == [facts['joined']]
+    return (count_ok + items * n + joined_ok) / (n + 2)
+  if family == 'list_ops':
+    n = len(facts['tasks'])
+    header_ok = 'results:' in _norm(answer)
+    # An item runs from "- " to the next "- " or the closing count.
+    found = _fields(answer, r'- ([a-z]+ [\w ]+?): ([\w -]+?)(?= - | \d+ done\.|$)')
+    items = _score(list(zip(facts['tasks'], facts['results'])), found)
+    count_ok = _fields(answer, r'(\d+) done\.')[-1:] == [str(n)]
+    return (header_ok + items * n + count_ok) / (n + 2)
+  if family == 'sequential':
+    found = _fields(answer, r'answer: ([\d ]+)\.')
+    return float(found[-1:] == [facts['answer']])
+  if family == 'mixed':
+    n = len(facts['sorted'])
+    want_sorted = ' '.join(str(x) for x in facts['sorted'])
+    sorted_ok = _fields(answer, r'sorted: ([\d ]+?)(?= from |$)')[:1] == [want_sorted]
+    expected = [(str(x), _counting(x, facts['steps'])) for x in facts['sorted']]
+    items = _score(expected, _fields(answer, r'from (\d+): ([\d ]+?)(?= from | ends:|$)'))
+    want_ends = ' '.join(str(e) for e in facts['ends'])
+    ends_ok = _fields(answer, r'ends: ([\d ]+)')[-1:] == [want_ends]
+    return (sorted_ok + items * n + ends_ok) / (n + 2)
+  raise ValueError(f'unknown family {family!r}; expected one of {tuple(FAMILIES)}')
