@@ -131,11 +131,12 @@ def _report(tok, stats, sample, workdir, seconds, out) -> dict:
     example, enc, pasta = sample
     print(f'\nSample ({example.family}): {example.prompt!r}', file=out)
     print(thread_view(enc.document, color), file=out)
-    n = len(enc.prompt)
-    print(f'  tokens (response, {len(enc.response)}): '
-          f'{[tok.id_to_piece(int(i)) for i in enc.response]}', file=out)
-    print(f'  thread ids:  {pasta.thread[n:].tolist()}', file=out)
-    print(f'  positions:   {pasta.positions[n:].tolist()}', file=out)
+    n, shown = len(enc.prompt), slice(len(enc.prompt), len(enc.prompt) + 40)
+    more = ' ...' if len(enc.response) > 40 else ''
+    print(f'  first response tokens (of {len(enc.response)}): '
+          f'{[tok.id_to_piece(int(i)) for i in enc.response[:40]]}{more}', file=out)
+    print(f'  thread ids: {pasta.thread[shown].tolist()}{more}', file=out)
+    print(f'  positions:  {pasta.positions[shown].tolist()}{more}', file=out)
   header = ('| split | family | examples | PASTA tokens | plain tokens | promises '
             '| theoretical speedup (geomean, min-max) |')
   print('\n' + header + '\n|' + '---|' * 7, file=out)
