@@ -97,26 +97,39 @@ def _op_item(rng: random.Random) -> tuple[str, str]:
 
 # Each family: rng -> (prompt, parts, facts). Parts are lang nodes, plain strings,
 # or (topic, body) pairs that become promises with their predicted lengths.
+#
+# Items are labelled a), b), ... in the prompt (or in the main text before the
+# promises) and each promise's topic is just its label: a promise then costs the
+# main thread three tokens (PROMISE, label, length), and the async thread finds its
+# item by looking the label up, which small models learn quickly.
+
+LABELS = 'abcdefgh'
+
+
+def _labelled(items: Sequence[str]) -> str:
+  return ' '.join(f'{LABELS[i]}) {item}' for i, item in enumerate(items))
 
 
 def _reverse_join(rng: random.Random):
-  words = rng.sample(WORDS, rng.randint(1, 7))
+  words = rng.sample(WORDS, rng.randint(1, 8))
   rev = [w[::-1] for w in words]
-  prompt = f'spell and reverse each word, then join them: {" ".join(words)}'
+  prompt = f'spell and reverse each word, then join them: {_labelled(words)}'
   parts = [f'{len(words)} words.\n']
-  parts += [(w, f'{w} spelled: {_dashed(w)}; reversed: {_dashed(r)}.\n')
-            for w, r in zip(words, rev)]
+  parts += [(LABELS[i], f'{LABELS[i]}) {w} spelled: {_dashed(w)}; reversed: {_dashed(r)}.\n')
+            for i, (w, r) in enumerate(zip(words, rev))]
   parts += [lang.Sync(), f'joined: {"-".join(rev)}']
   return prompt, parts, {'words': words, 'reversed': rev, 'joined': '-'.join(rev)}
 
 
 def _list_ops(rng: random.Random):
   items = [_op_item(rng) for _ in range(rng.randint(1, 8))]
-  prompt = 'do each: ' + ', '.join(task for task, _ in items)
+  tasks = [task for task, _ in items]
+  prompt = f'do each: {_labelled(tasks)}'
   parts = ['results:\n']
-  parts += [(task, f'- {task}: {result}\n') for task, result in items]
+  parts += [(LABELS[i], f'{LABELS[i]}) {task}: {result}\n')
+            for i, (task, result) in enumerate(items)]
   parts += [f'{len(items)} done.']
-  return prompt, parts, {'tasks': [t for t, _ in items], 'results': [r for _, r in items]}
+  return prompt, parts, {'tasks': tasks, 'results': [r for _, r in items]}
 
 
 def _sequential(rng: random.Random):
@@ -140,8 +153,9 @@ def _mixed(rng: random.Random):
   ordered = sorted(numbers)
   ends = [n + steps for n in ordered]
   prompt = f'sort, then count {steps} up from each: {" ".join(str(n) for n in numbers)}'
-  parts = [f'sorted: {" ".join(str(n) for n in ordered)}\n']
-  parts += [(f'from {n}', f'from {n}: {_counting(n, steps)}\n') for n in ordered]
+  parts = [f'sorted: {_labelled([str(n) for n in ordered])}\n']
+  parts += [(LABELS[i], f'{LABELS[i]}) from {n}: {_counting(n, steps)}\n')
+            for i, n in enumerate(ordered)]
   parts += [lang.Sync(), f'ends: {" ".join(str(e) for e in ends)}']
   return prompt, parts, {'sorted': ordered, 'steps': steps, 'ends': ends}
 
@@ -220,9 +234,16 @@ def _fields(answer: str, pattern: str) -> list[tuple[str, ...]]:
   return re.findall(pattern, _norm(answer))
 
 
-def _score(expected: Sequence, found: Sequence) -> float:
-  """Fraction of expected fields found at their place (extra fields count against)."""
-  hits = sum(1 for e, f in zip(expected, found) if e == f)
+def _score(expected: Sequence[tuple[str, ...]], found: Sequence[tuple[str, ...]]) -> float:
+  """Fraction of labelled items right; item i is (label, fields...).
+
+  Items are matched by label (the first occurrence counts); extra or repeated
+  labels count against the score.
+  """
+  by_label: dict[str, tuple[str, ...]] = {}
+  for item in found:
+    by_label.setdefault(item[0], item)
+  hits = sum(1 for item in expected if by_label.get(item[0]) == item)
   return hits / max(len(expected), len(found), 1)
 
 
@@ -237,28 +258,32 @@ def check(family: str, facts: str | dict, answer: str) -> float:
   if family == 'reverse_join':
     n = len(facts['words'])
     count_ok = _fields(answer, r'(\d+) words\.')[:1] == [str(n)]
-    expected = [(w, _dashed(w), _dashed(r)) for w, r in zip(facts['words'], facts['reversed'])]
-    items = _score(expected, _fields(answer, r'(\w+) spelled: ([\w-]+); reversed: ([\w-]+)\.'))
+    expected = [(LABELS[i], w, _dashed(w), _dashed(r))
+                for i, (w, r) in enumerate(zip(facts['words'], facts['reversed']))]
+    found = _fields(answer, r'([a-h])\) (\w+) spelled: ([\w-]+); reversed: ([\w-]+)\.')
     joined_ok = _fields(answer, r'joined: ([\w-]+)')[-1:] == [facts['joined']]
-    return (count_ok + items * n + joined_ok) / (n + 2)
+    return (count_ok + _score(expected, found) * n + joined_ok) / (n + 2)
   if family == 'list_ops':
     n = len(facts['tasks'])
     header_ok = 'results:' in _norm(answer)
-    # An item runs from "- " to the next "- " or the closing count.
-    found = _fields(answer, r'- ([a-z]+ [\w ]+?): ([\w -]+?)(?= - | \d+ done\.|$)')
-    items = _score(list(zip(facts['tasks'], facts['results'])), found)
+    expected = [(LABELS[i], t, r) for i, (t, r) in enumerate(zip(facts['tasks'],
+                                                                  facts['results']))]
+    # An item runs from its label to the next label or the closing count.
+    found = _fields(answer, r'([a-h])\) ([a-z]+ [\w ]+?): ([\w -]+?)'
+                            r'(?= \w\) | \d+ done\.|$)')
     count_ok = _fields(answer, r'(\d+) done\.')[-1:] == [str(n)]
-    return (header_ok + items * n + count_ok) / (n + 2)
+    return (header_ok + _score(expected, found) * n + count_ok) / (n + 2)
   if family == 'sequential':
     found = _fields(answer, r'answer: ([\d ]+)\.')
     return float(found[-1:] == [facts['answer']])
   if family == 'mixed':
     n = len(facts['sorted'])
-    want_sorted = ' '.join(str(x) for x in facts['sorted'])
-    sorted_ok = _fields(answer, r'sorted: ([\d ]+?)(?= from |$)')[:1] == [want_sorted]
-    expected = [(str(x), _counting(x, facts['steps'])) for x in facts['sorted']]
-    items = _score(expected, _fields(answer, r'from (\d+): ([\d ]+?)(?= from | ends:|$)'))
+    want_sorted = _labelled([str(x) for x in facts['sorted']])
+    sorted_ok = _fields(answer, r'sorted: (.+?)(?= [a-h]\) from |$)')[:1] == [want_sorted]
+    expected = [(LABELS[i], str(x), _counting(x, facts['steps']))
+                for i, x in enumerate(facts['sorted'])]
+    found = _fields(answer, r'([a-h])\) from (\d+): ([\d ]+?)(?= \w\) from | ends:|$)')
     want_ends = ' '.join(str(e) for e in facts['ends'])
     ends_ok = _fields(answer, r'ends: ([\d ]+)')[-1:] == [want_ends]
-    return (sorted_ok + items * n + ends_ok) / (n + 2)
+    return (sorted_ok + _score(expected, found) * n + ends_ok) / (n + 2)
   raise ValueError(f'unknown family {family!r}; expected one of {tuple(FAMILIES)}')

@@ -48,6 +48,7 @@ def test_examples_validate_strip_and_score_one(family):
       assert not doc.promises
     else:
       assert 1 <= len(doc.promises) <= 8
+      assert all(len(p.topic) == 1 for p in doc.promises)
       assert all(p.tokens % 10 == 0 and p.tokens >= len(p.body) for p in doc.promises)
     if family in ('reverse_join', 'mixed'):
       assert any(isinstance(n, lang.Sync) for n in doc.nodes)
@@ -80,8 +81,8 @@ def test_corrupted_answers_score_lower(family):
 
 def test_checker_partial_credit():
   facts = {'words': ['cat', 'dog'], 'reversed': ['tac', 'god'], 'joined': 'tac-god'}
-  good = ('cat spelled: c-a-t; reversed: t-a-c.\n'
-          'dog spelled: d-o-g; reversed: g-o-d.\njoined: tac-god')
+  good = ('a) cat spelled: c-a-t; reversed: t-a-c.\n'
+          'b) dog spelled: d-o-g; reversed: g-o-d.\njoined: tac-god')
   assert synthetic.check('reverse_join', facts, '2 words.\n' + good) == 1.0
   assert synthetic.check('reverse_join', facts, good) == pytest.approx(3 / 4)
   # Fields: the count (missing), two items (one right), the join (wrong).
@@ -94,10 +95,17 @@ def test_checker_partial_credit():
 def test_list_ops_checker_reads_every_op():
   facts = {'tasks': ['count 3 from 8', 'spell owl', 'repeat cat 2', 'double 21'],
            'results': ['9 10 11', 'o-w-l', 'cat cat', '42']}
-  answer = ('results:\n- count 3 from 8: 9 10 11\n- spell owl: o-w-l\n'
-            '- repeat cat 2: cat cat\n- double 21: 42\n4 done.')
+  answer = ('results:\na) count 3 from 8: 9 10 11\nb) spell owl: o-w-l\n'
+            'c) repeat cat 2: cat cat\nd) double 21: 42\n4 done.')
   assert synthetic.check('list_ops', facts, answer) == 1.0
   assert synthetic.check('list_ops', facts, answer.replace('9 10 11', '9 10 12')) == (
       pytest.approx(5 / 6))
-  swapped = answer.replace('- spell owl: o-w-l\n', '').replace('42\n', '42\n- spell owl: o-w-l\n')
-  assert synthetic.check('list_ops', facts, swapped) < 1.0
+  swapped = answer.replace('b) spell', 'x) spell')
+  assert synthetic.check('list_ops', facts, swapped) == pytest.approx(5 / 6)
+
+
+def test_mixed_checker():
+  facts = {'sorted': [3, 10], 'steps': 3, 'ends': [6, 13]}
+  answer = 'sorted: a) 3 b) 10\na) from 3: 4 5 6\nb) from 10: 11 12 13\nends: 6 13'
+  assert synthetic.check('mixed', facts, answer) == 1.0
+  assert synthetic.check('mixed', facts, answer.replace('ends: 6 13', 'ends: 6 12')) == 0.75
