@@ -6,14 +6,12 @@ token lengths and the theoretical speedups of the reference annotations):
 
   python -m pasta_jax.prepare --config configs/synth.py --workdir /tmp/pasta_synth
 
-Presets: `configs/synth.py:tiny` (a few hundred examples, for tests and smoke
-runs); the default is the full benchmark size. Any field can be overridden on the
+Presets: `configs/synth.py:tiny` (the 400-example build of the dataset, for tests
+and smoke runs); the default is the full benchmark (20000 training examples). Any field can be overridden on the
 command line, e.g. `--config.data.num_train=5000`.
 """
 
 import ml_collections
-
-from pasta_jax.data import synthetic
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,10 +20,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = 'pasta_synth'
-  config.data.families = tuple(synthetic.FAMILIES)
-  config.data.num_train = 20_000
-  config.data.num_validation = 500
-  config.data.num_test = 500
+  # TFDS builder config of pasta_synth: 'default' (20000/500/500) or 'tiny' (400/40/40).
+  config.data.tfds_config = 'default'
+  # Where TFDS datasets live ('' = $TFDS_DATA_DIR or ~/tensorflow_datasets).
+  config.data.data_dir = ''
+  # 'pasta' (annotated documents, PASTA masks) or 'sequential' (stripped, causal).
+  config.data.mode = 'pasta'
+  config.data.seq_len = 320
+  config.data.batch_size = 16  # global; each host reads batch_size / num_hosts rows
   # Promised lengths: 'measured' re-measures each body with the tokenizer and rounds
   # up to the quantum; 'annotated' keeps the lengths written in the data.
   config.data.promise_lengths = 'measured'
@@ -46,9 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.interpreter.slots = 8  # thread slots per request (slot 0 = main)
 
   if arg == 'tiny':
-    config.data.num_train = 400
-    config.data.num_validation = 40
-    config.data.num_test = 40
+    config.data.tfds_config = 'tiny'
     config.tokenizer.num_texts = 400
   elif arg not in (None, ''):
     raise ValueError(f"unknown preset {arg!r} for configs/synth.py (presets: 'tiny')")

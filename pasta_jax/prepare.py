@@ -1,12 +1,12 @@
-r"""Prepares the synthetic PASTA benchmark: data, tokenizer, token layouts.
+r"""Prepares the synthetic PASTA benchmark: dataset, tokenizer, layouts, batches.
 
   python -m pasta_jax.prepare --config configs/synth.py --workdir /tmp/pasta_synth
 
-Generates the benchmark splits, trains the tokenizer (PASTA control tokens as
-single ids), encodes every example, lays out each one for PASTA and for the
-sequential baseline, checks that every document survives encode -> decode and
-that every layout is well formed, writes the splits as JSONL beside the tokenizer
-and prints what it made.
+Builds the `pasta_synth` TFDS dataset (offline, ArrayRecord; reused when already
+built), trains the tokenizer on its training split (PASTA control tokens as single
+ids), encodes every example, lays out each one for PASTA and for the sequential
+baseline, checks that every document survives encode -> decode, packs a batch with
+the training input pipeline, and prints what it made.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import numpy as np
 from pasta_jax import lang
 from pasta_jax import layout
 from pasta_jax import tokenizer as tokenizer_lib
+from pasta_jax.data import build
 from pasta_jax.data import encoding
-from pasta_jax.data import synthetic
+from pasta_jax.data import pipeline
+from pasta_jax.data import tfds_builders
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
@@ -38,20 +40,16 @@ def _geomean(values: Sequence[float]) -> float:
   return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float('nan')
 
 
-def _splits(config) -> dict[str, list[synthetic.Example]]:
-  sizes = {'train': config.data.num_train, 'validation': config.data.num_validation,
-           'test': config.data.num_test}
-  return {split: list(synthetic.generate(split, n, seed=config.seed,
-                                         families=tuple(config.data.families),
-                                         quantum=config.data.quantum))
-          for split, n in sizes.items()}
+SPLITS = ('train', 'validation', 'test')
 
 
-def _tokenizer_texts(examples: Sequence[synthetic.Example], limit: int):
-  for example in examples[:limit]:
-    yield example.prompt
-    yield example.plain
-    for promise in example.document().promises:
+def _tokenizer_texts(source, limit: int):
+  for i in range(min(limit, len(source))):
+    record = source[i]
+    yield tfds_builders.decode_text(record['prompt'])
+    yield tfds_builders.decode_text(record['plain_response'])
+    doc = lang.parse(tfds_builders.decode_text(record['annotated_response']), quantum=1)
+    for promise in doc.promises:
       yield promise.topic
 
 
@@ -78,58 +76,62 @@ def thread_view(doc: lang.Document, color: bool) -> str:
 def prepare(config, workdir: str, out=sys.stdout) -> dict:
   """Runs the pipeline; returns the per-family summary (also printed)."""
   start = time.time()
-  os.makedirs(os.path.join(workdir, 'data'), exist_ok=True)
-  examples = _splits(config)
+  os.makedirs(workdir, exist_ok=True)
+  builder = build.builder(config.data)
+  sources = {split: builder.as_data_source(split=split) for split in SPLITS}
   tok = tokenizer_lib.train_tokenizer(
-      _tokenizer_texts(examples['train'], config.tokenizer.num_texts),
+      _tokenizer_texts(sources['train'], config.tokenizer.num_texts),
       os.path.join(workdir, 'tokenizer.model'), vocab_size=config.tokenizer.vocab_size,
       max_promise_tokens=config.data.max_promise_tokens, quantum=config.data.quantum,
       seed=config.seed)
   stats = collections.defaultdict(lambda: collections.defaultdict(list))
   sample = None
-  for split, split_examples in examples.items():
-    with open(os.path.join(workdir, 'data', f'{split}.jsonl'), 'w') as f:
-      for example in split_examples:
-        enc = encoding.encode_example(example.prompt, example.annotated, tok,
-                                      template=config.data.prompt_template,
-                                      promise_lengths=config.data.promise_lengths)
-        if tok.decode(enc.response) != enc.document:
-          raise AssertionError(f'encode -> decode changed a {split} document: '
-                               f'{example.prompt!r}')
-        pasta = layout.pasta_layout(enc.prompt, enc.response, tok.control,
-                                    strategy=config.data.position_strategy,
-                                    fixed_reserve=config.data.fixed_reserve)
-        sequential = layout.sequential_layout(enc.prompt, enc.plain)
-        steps = layout.decode_steps(enc.response, tok.control,
-                                    slots=config.interpreter.slots)
-        row = stats[(split, example.family)]
-        row['response'].append(len(enc.response))
-        row['plain'].append(len(enc.plain))
-        row['promises'].append(len(enc.document.promises))
-        row['speedup'].append(len(enc.plain) / steps)
-        row['targets'].append(float(pasta.loss_weights.sum()))
-        row['seq_targets'].append(float(sequential.loss_weights.sum()))
-        if sample is None and len(enc.document.promises) >= 2:
-          sample = (example, enc, pasta)
-        f.write(json.dumps({
-            'prompt': example.prompt,
-            'annotated_response': lang.serialize(enc.document),
-            'plain_response': example.plain, 'family': example.family,
-            'facts': example.facts}) + '\n')
-  summary = _report(tok, stats, sample, workdir, time.time() - start, out)
+  for split, source in sources.items():
+    for i in range(len(source)):
+      record = source[i]
+      prompt = tfds_builders.decode_text(record['prompt'])
+      family = tfds_builders.decode_text(record['family'])
+      enc = encoding.encode_example(prompt,
+                                    tfds_builders.decode_text(record['annotated_response']),
+                                    tok, template=config.data.prompt_template,
+                                    promise_lengths=config.data.promise_lengths)
+      if tok.decode(enc.response) != enc.document:
+        raise AssertionError(f'encode -> decode changed a {split} document: {prompt!r}')
+      pasta = layout.pasta_layout(enc.prompt, enc.response, tok.control,
+                                  strategy=config.data.position_strategy,
+                                  fixed_reserve=config.data.fixed_reserve)
+      layout.sequential_layout(enc.prompt, enc.plain)
+      steps = layout.decode_steps(enc.response, tok.control, slots=config.interpreter.slots)
+      row = stats[(split, family)]
+      row['response'].append(len(enc.response))
+      row['plain'].append(len(enc.plain))
+      row['promises'].append(len(enc.document.promises))
+      row['speedup'].append(len(enc.plain) / steps)
+      if sample is None and len(enc.document.promises) >= 2:
+        sample = (prompt, family, enc, pasta)
+  batches = pipeline.Batches(sources['train'], tok, mode=config.data.mode,
+                             batch_size=config.data.batch_size, seq_len=config.data.seq_len,
+                             seed=config.seed, strategy=config.data.position_strategy,
+                             fixed_reserve=config.data.fixed_reserve,
+                             template=config.data.prompt_template,
+                             promise_lengths=config.data.promise_lengths)
+  batch_info = pipeline.describe(next(batches))
+  summary = _report(tok, stats, sample, batch_info, builder, time.time() - start, out)
+  summary['_tokenizer'] = os.path.join(workdir, 'tokenizer.model')
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   return summary
 
 
-def _report(tok, stats, sample, workdir, seconds, out) -> dict:
+def _report(tok, stats, sample, batch_info, builder, seconds, out) -> dict:
   color = hasattr(out, 'isatty') and out.isatty()
+  splits = ', '.join(f'{s} {i.num_examples}' for s, i in builder.info.splits.items())
+  print(f'Dataset: {builder.info.full_name} ({splits}) in {builder.data_dir}', file=out)
   print(f'Tokenizer: {tok.vocab_size} ids, {len(tok.control.tag_ids)} PASTA control ids '
-        f'(lengths 0..{tok.max_promise_tokens} by {tok.quantum}) -> '
-        f'{os.path.join(workdir, "tokenizer.model")}', file=out)
+        f'(lengths 0..{tok.max_promise_tokens} by {tok.quantum})', file=out)
   if sample is not None:
-    example, enc, pasta = sample
-    print(f'\nSample ({example.family}): {example.prompt!r}', file=out)
+    prompt, family, enc, pasta = sample
+    print(f'\nSample ({family}): {prompt!r}', file=out)
     print(thread_view(enc.document, color), file=out)
     n, shown = len(enc.prompt), slice(len(enc.prompt), len(enc.prompt) + 40)
     more = ' ...' if len(enc.response) > 40 else ''
@@ -138,8 +140,8 @@ def _report(tok, stats, sample, workdir, seconds, out) -> dict:
     print(f'  thread ids: {pasta.thread[shown].tolist()}{more}', file=out)
     print(f'  positions:  {pasta.positions[shown].tolist()}{more}', file=out)
   header = ('| split | family | examples | PASTA tokens | plain tokens | promises '
-            '| theoretical speedup (geomean, min-max) |')
-  print('\n' + header + '\n|' + '---|' * 7, file=out)
+            '| theoretical speedup: geomean | p10 / p50 / p90 | min-max |')
+  print('\n' + header + '\n|' + '---|' * 9, file=out)
   summary = {}
   for (split, family), row in sorted(stats.items()):
     speedup = row['speedup']
@@ -148,14 +150,20 @@ def _report(tok, stats, sample, workdir, seconds, out) -> dict:
         'plain_tokens': float(np.mean(row['plain'])),
         'promises': float(np.mean(row['promises'])),
         'speedup_geomean': _geomean(speedup), 'speedup_min': min(speedup),
-        'speedup_max': max(speedup)}
+        'speedup_max': max(speedup),
+        'speedup_p10_p50_p90': [float(v) for v in np.percentile(speedup, [10, 50, 90])]}
     s = summary[f'{split}/{family}']
+    p10, p50, p90 = s['speedup_p10_p50_p90']
     print(f'| {split} | {family} | {s["examples"]} | {s["response_tokens"]:.1f} | '
-          f'{s["plain_tokens"]:.1f} | {s["promises"]:.2f} | {s["speedup_geomean"]:.2f} '
-          f'({s["speedup_min"]:.2f}-{s["speedup_max"]:.2f}) |', file=out)
-  print(f'\nEvery document survived encode -> decode; layouts built for PASTA and '
-        f'sequential training. Data: {os.path.join(workdir, "data")}/*.jsonl '
-        f'({seconds:.1f} s)', file=out)
+          f'{s["plain_tokens"]:.1f} | {s["promises"]:.2f} | {s["speedup_geomean"]:.2f} | '
+          f'{p10:.2f} / {p50:.2f} / {p90:.2f} | {s["speedup_min"]:.2f}-'
+          f'{s["speedup_max"]:.2f} |', file=out)
+  print(f'\nA packed training batch: {batch_info["examples"]:.0f} examples, '
+        f'{100 * batch_info["fill"]:.0f}% of its tokens used, '
+        f'{batch_info["main_targets"]:.0f} main-thread and {batch_info["async_targets"]:.0f} '
+        f'async-thread targets.', file=out)
+  print(f'Every document survived encode -> decode; layouts built for PASTA and '
+        f'sequential training ({seconds:.1f} s).', file=out)
   return summary
 
 

@@ -14,23 +14,23 @@ from configs import synth
 
 def test_prepare_tiny(tmp_path):
   config = synth.get_config('tiny')
+  config.data.data_dir = str(tmp_path / 'tfds')
   out = io.StringIO()
-  summary = prepare.prepare(config, str(tmp_path), out=out)
+  summary = prepare.prepare(config, str(tmp_path / 'work'), out=out)
   text = out.getvalue()
   assert 'Every document survived encode -> decode' in text
+  assert 'pasta_synth/tiny/1.0.0 (train 400, validation 40, test 40)' in text
   assert '| test | reverse_join |' in text and 'thread 1' in text
+  assert 'A packed training batch:' in text
   assert summary['train/sequential']['speedup_geomean'] == 1.0
   assert summary['train/reverse_join']['speedup_max'] > 1.5
   assert summary['train/list_ops']['promises'] > 1
-  tok = tokenizer_lib.Tokenizer.load(os.path.join(tmp_path, 'tokenizer.model'))
-  with open(os.path.join(tmp_path, 'data', 'test.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
-  assert len(rows) == config.data.num_test
-  for row in rows:
-    doc = lang.parse(row['annotated_response'])
-    assert lang.strip(doc) == row['plain_response']
-    assert tok.decode(tok.encode(doc)) == doc
-  assert json.load(open(os.path.join(tmp_path, 'summary.json'))) == summary
+  assert summary['test/mixed']['examples'] == 10
+  tok = tokenizer_lib.Tokenizer.load(summary['_tokenizer'])
+  doc = lang.parse('a) x <promise topic="a" tokens="10"/><async>a) y</async><sync/>z')
+  assert tok.decode(tok.encode(doc)) == doc
+  with open(tmp_path / 'work' / 'summary.json') as f:
+    assert json.load(f) == summary
 
 
 def test_prepare_cli_errors_without_flags():

@@ -1,0 +1,224 @@
+"""TFDS builders: the synthetic benchmark and user JSONL files of annotated responses.
+
+Both write ArrayRecord files (no TensorFlow needed, to build or to read) with the
+same text features, read at training time by random access through
+`tfds.data_source` (see `pasta_jax.data.pipeline`):
+
+  prompt, annotated_response, plain_response, family, facts (JSON), extras (JSON)
+
+Build them with `python -m pasta_jax.data.build` (the README shows how) or from
+Python with `builder(...).download_and_prepare()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from typing import Any, Iterator, Mapping
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from pasta_jax import lang
+from pasta_jax.data import synthetic
+
+FILE_FORMAT = 'array_record'
+ON_ERROR = ('fail', 'skip')
+
+
+def _features() -> tfds.features.FeaturesDict:
+  return tfds.features.FeaturesDict({
+      'prompt': tfds.features.Text(),
+      'annotated_response': tfds.features.Text(),
+      'plain_response': tfds.features.Text(),
+      'family': tfds.features.Text(),
+      'facts': tfds.features.Text(),
+      'extras': tfds.features.Text(),
+  })
+
+
+# ----------------------------------------------------------------------------
+# The synthetic benchmark.
+
+
+@dataclasses.dataclass
+class PastaSynthConfig(tfds.core.BuilderConfig):
+  """Sizes and seed of one build of the synthetic benchmark."""
+
+  num_train: int = 20_000
+  num_validation: int = 500
+  num_test: int = 500
+  seed: int = 0
+  families: tuple[str, ...] = tuple(synthetic.FAMILIES)
+  quantum: int = lang.DEFAULT_QUANTUM
+
+
+class PastaSynth(tfds.core.GeneratorBasedBuilder):
+  """The synthetic PASTA benchmark (docs/benchmark.md), generated offline."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Families reverse_join, list_ops, sequential, mixed.'}
+  BUILDER_CONFIGS = [
+      PastaSynthConfig(name='default', description='The full benchmark.'),
+      PastaSynthConfig(name='tiny', description='A few hundred examples for tests.',
+                       num_train=400, num_validation=40, num_test=40),
+  ]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=('Synthetic PASTA benchmark: prompts whose answers have real '
+                     'parallel structure, PASTA-LANG reference annotations and exact '
+                     'checkers (pasta_jax.data.synthetic.check).'),
+        features=_features(), homepage='https://arxiv.org/abs/2502.11517')
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Generated offline.
+    config: PastaSynthConfig = self.builder_config
+    sizes = {'train': config.num_train, 'validation': config.num_validation,
+             'test': config.num_test}
+    return {split: self._generate_examples(split, n) for split, n in sizes.items()}
+
+  def _generate_examples(self, split: str, num_examples: int):
+    config: PastaSynthConfig = self.builder_config
+    examples = synthetic.generate(split, num_examples, seed=config.seed,
+                                  families=config.families, quantum=config.quantum)
+    for i, example in enumerate(examples):
+      yield i, {'prompt': example.prompt, 'annotated_response': example.annotated,
+                'plain_response': example.plain, 'family': example.family,
+                'facts': example.facts, 'extras': '{}'}
+
+
+# ----------------------------------------------------------------------------
+# User JSONL files.
+
+
+class JsonlError(ValueError):
+  """A bad line in a JSONL file: names the file, the line and the problem."""
+
+  def __init__(self, path: str, line: int, problem: str):
+    self.path, self.line, self.problem = path, line, problem
+    super().__init__(f'{path}:{line}: {problem}')
+
+
+@dataclasses.dataclass
+class PastaJsonlConfig(tfds.core.BuilderConfig):
+  """A dataset of annotated responses from JSONL files (one file or list per split).
+
+  Each line is a JSON object with `prompt` and `annotated_response` (PASTA-LANG);
+  optional `family` and `facts` are kept, any other keys go to `extras`.
+
+  Attributes:
+    paths: split name -> path (or tuple of paths) of JSONL files.
+    on_error: 'fail' stops at the first bad line with a `JsonlError`; 'skip' drops
+      bad lines, counts them per problem and reports the counts (log and the
+      dataset's metadata, `info.metadata['skipped']`).
+    quantum: promised lengths must be multiples of it (1 accepts any integer).
+  """
+
+  paths: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  on_error: str = 'fail'
+  quantum: int = lang.DEFAULT_QUANTUM
+
+
+class PastaJsonl(tfds.core.GeneratorBasedBuilder):
+  """Annotated responses from user JSONL files (e.g. SlimOrca annotated by an LLM)."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First version.'}
+
+  def __init__(self, *, config: PastaJsonlConfig, **kwargs):
+    if not isinstance(config, PastaJsonlConfig):
+      raise TypeError('PastaJsonl needs config=PastaJsonlConfig(name=..., paths=...)')
+    if not config.paths:
+      raise ValueError('PastaJsonlConfig.paths is empty: give at least one split')
+    if config.on_error not in ON_ERROR:
+      raise ValueError(f'on_error must be one of {ON_ERROR}, got {config.on_error!r}')
+    for split, paths in config.paths.items():
+      for path in _as_paths(paths):
+        if not os.path.isfile(path):
+          raise FileNotFoundError(f'split {split!r}: JSONL file {path!r} does not exist')
+    self.skipped: dict[str, collections.Counter] = {}
+    super().__init__(config=config, **kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self, description='User-provided PASTA-LANG annotated responses.',
+        features=_features(), metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split, _as_paths(paths))
+            for split, paths in self.builder_config.paths.items()}
+
+  def _generate_examples(self, split: str, paths: tuple[str, ...]):
+    skipped = self.skipped.setdefault(split, collections.Counter())
+    for file_index, path in enumerate(paths):
+      for line_number, record in read_jsonl(path, self.builder_config, skipped):
+        yield f'{file_index}:{line_number}', record
+    if skipped:
+      logging.warning('pasta_jsonl split %r: skipped %d bad lines: %s', split,
+                      sum(skipped.values()), dict(skipped))
+    self.info.metadata['skipped'] = {s: dict(c) for s, c in self.skipped.items()}
+
+
+def _as_paths(paths: Any) -> tuple[str, ...]:
+  return (paths,) if isinstance(paths, (str, os.PathLike)) else tuple(paths)
+
+
+def read_jsonl(path: str, config: PastaJsonlConfig,
+               skipped: collections.Counter | None = None
+               ) -> Iterator[tuple[int, dict[str, str]]]:
+  """Yields (line number, record) for each good line; see PastaJsonlConfig.on_error."""
+  with open(path, encoding='utf-8') as f:
+    for line_number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = _record(json_line=line, path=path, line=line_number, config=config)
+      except JsonlError as e:
+        if config.on_error == 'fail':
+          raise
+        if skipped is not None:
+          skipped[e.problem.split(':')[0]] += 1
+        continue
+      yield line_number, record
+
+
+def _record(json_line: str, path: str, line: int, config: PastaJsonlConfig) -> dict:
+  try:
+    row = json.loads(json_line)
+  except json.JSONDecodeError as e:
+    raise JsonlError(path, line, f'invalid JSON: {e}') from None
+  if not isinstance(row, dict):
+    raise JsonlError(path, line, f'invalid record: expected a JSON object, got '
+                     f'{type(row).__name__}')
+  for key in ('prompt', 'annotated_response'):
+    if key not in row:
+      raise JsonlError(path, line, f'missing field: {key!r}')
+    if not isinstance(row[key], str):
+      raise JsonlError(path, line, f'invalid field: {key!r} must be a string, got '
+                       f'{type(row[key]).__name__}')
+  try:
+    doc = lang.parse(row['annotated_response'], quantum=config.quantum)
+  except lang.PastaLangError as e:
+    raise JsonlError(path, line, f'PASTA-LANG error in annotated_response: {e}') from None
+  extras = {k: v for k, v in row.items()
+            if k not in ('prompt', 'annotated_response', 'family', 'facts')}
+  facts = row.get('facts', {})
+  return {'prompt': row['prompt'], 'annotated_response': row['annotated_response'],
+          'plain_response': lang.strip(doc), 'family': str(row.get('family', '')),
+          'facts': facts if isinstance(facts, str) else json.dumps(facts, sort_keys=True),
+          'extras': json.dumps(extras, sort_keys=True)}
+
+
+def decode_text(value: Any) -> str:
+  """A text feature read from a data source (bytes) as str."""
+  if isinstance(value, bytes):
+    return value.decode('utf-8')
+  if isinstance(value, np.ndarray):
+    return decode_text(value.item())
+  return str(value)
