@@ -1,0 +1,28 @@
+"""Gemma-family decoder (Flax Linen) with explicit positions, masks and KV cache.
+
+    from pasta_jax import models
+    config = models.get_config('tiny', vocab_size=1024)
+    params = models.init_params(config, jax.random.key(0))
+    logits, cache = models.Transformer(config).apply(
+        {'params': params}, tokens_BT, positions_BT, (query_meta, key_meta),
+        cache=cache, cache_index=cache_index_BT)
+
+Checkpoints: `pasta_jax.models.checkpoint`; sharding rules:
+`pasta_jax.models.sharding`. See docs/models.md.
+"""
+
+from pasta_jax.models.config import (CPU_PRESETS, PRESETS, PUBLIC_PRESETS,
+                                     AttentionType, TransformerConfig,
+                                     get_config)
+from pasta_jax.models.modules import LayerCache
+from pasta_jax.models.transformer import (Transformer, attention_mask,
+                                          cache_logical_axes, count_params,
+                                          init_cache, init_params,
+                                          logical_axes, param_shapes)
+
+__all__ = [
+    'AttentionType', 'CPU_PRESETS', 'LayerCache', 'PRESETS', 'PUBLIC_PRESETS',
+    'Transformer', 'TransformerConfig', 'attention_mask', 'cache_logical_axes',
+    'count_params', 'get_config', 'init_cache', 'init_params', 'logical_axes',
+    'param_shapes',
+]

@@ -1,0 +1,236 @@
+"""Transformer sub-modules: embedder, attention with a scatter-written KV cache, MLP, block.
+
+Module and parameter names follow the official Gemma Flax checkpoints exactly.
+Shape letters: B batch, T new tokens, S keys (= T without a cache, the cache
+length with one), D embed, N query heads, K kv heads, G = N / K query heads per
+kv head, H head_dim, F mlp hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from pasta_jax.models import layers
+from pasta_jax.models.config import AttentionType, TransformerConfig
+
+# Score of a masked (query, key) pair. Large and finite, never -inf: a query
+# row that sees no key at all (padding, an idle interpreter slot) then gets a
+# uniform softmax and finite outputs instead of NaN.
+K_MASK = -2.3819763e38
+
+# Logical axis names of the cache arrays.
+CACHE_KV_AXES = ('batch', 'cache_length', 'kv_heads', 'head_dim')
+CACHE_POSITION_AXES = ('batch', 'cache_length')
+
+
+@flax.struct.dataclass
+class LayerCache:
+  """Fixed-length KV cache of one layer.
+
+  Attributes:
+    k: [B, S, K, H] keys, RoPE already applied at their own positions.
+    v: [B, S, K, H] values.
+    positions: [B, S] int32 position of each stored key (used by sliding
+      windows).
+
+  Entries are written at explicit indices chosen by the caller, in any order;
+  an entry never written holds zeros, and the caller's mask must hide it (in
+  AttentionMeta terms: key segment 0).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+
+
+def write_at(cache_BS: jax.Array, index_BT: jax.Array,
+             update_BT: jax.Array) -> jax.Array:
+  """cache[b, index[b, t]] = update[b, t], a scatter per batch row.
+
+  Invariants the caller keeps: the indices of one row are distinct (two writes
+  to one entry in one call leave either value). An index outside [0, S) is
+  dropped: the caller points writes it wants discarded (e.g. idle slots) at S.
+  """
+  length = cache_BS.shape[1]
+  index_BT = jnp.where(index_BT < 0, length, index_BT)
+  return jax.vmap(lambda c, i, u: c.at[i].set(u, mode='drop'))(
+      cache_BS, index_BT, update_BT.astype(cache_BS.dtype))
+
+
+class Embedder(nn.Module):
+  """Input embedding scaled by sqrt(D); the same table gives the logits."""
+
+  config: TransformerConfig
+
+  def setup(self):
+    cfg = self.config
+    # Std 1/sqrt(D): scaled inputs then have unit entries and, through the
+    # tied output, unit-variance logits at init.
+    self.input_embedding = self.param(
+        'input_embedding',
+        nn.with_logical_partitioning(
+            nn.initializers.normal(stddev=cfg.embed_dim ** -0.5),
+            ('vocab', 'embed')),
+        (cfg.vocab_size, cfg.embed_dim), jnp.dtype(cfg.param_dtype))
+
+  def encode(self, tokens_BT: jax.Array) -> jax.Array:
+    """[B, T] ids in [0, vocab_size) -> [B, T, D] in the activation dtype."""
+    dtype = jnp.dtype(self.config.dtype)
+    x_BTD = self.input_embedding[tokens_BT].astype(dtype)
+    # The sqrt(D) factor is rounded to the activation dtype first, as in Gemma.
+    return x_BTD * jnp.sqrt(self.config.embed_dim).astype(dtype)
+
+  def decode(self, x_BTD: jax.Array) -> jax.Array:
+    """Logits [B, T, V] in float32 (accumulated in float32)."""
+    table = self.input_embedding.astype(self.config.dtype)
+    return jnp.einsum('BTD,VD->BTV', x_BTD, table,
+                      preferred_element_type=jnp.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head attention (MHA / MQA / GQA) with RoPE, optional QK-norm,
+  soft-cap and sliding window, over the new tokens or over a whole KV cache."""
+
+  config: TransformerConfig
+  attn_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None,
+               cache_index_BT):
+    cfg = self.config
+    n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
+    einsum = lambda shape, axes, init, name: layers.Einsum(
+        shape, axes, init, cfg.dtype, cfg.param_dtype, name=name)
+
+    if cfg.use_qkv_einsum:
+      qkv = einsum((3, n, d, h), (None, 'heads', 'embed', 'head_dim'),
+                   layers.fan_in_init(2, (1, 3), 0), 'qkv_einsum')
+      q_BTNH, k_BTKH, v_BTKH = qkv('BTD,CNDH->CBTNH', x_BTD)
+    else:
+      q_BTNH = einsum((n, d, h), ('heads', 'embed', 'head_dim'),
+                      layers.fan_in_init(1, (0, 2)), 'q_einsum')(
+                          'BTD,NDH->BTNH', x_BTD)
+      k_BTKH, v_BTKH = einsum(
+          (2, k, d, h), (None, 'kv_heads', 'embed', 'head_dim'),
+          layers.fan_in_init(2, (1, 3), 0), 'kv_einsum')('BTD,CKDH->CBTKH',
+                                                         x_BTD)
+
+    if cfg.use_qk_norm:
+      q_BTNH = layers.RMSNorm('head_dim', cfg.param_dtype,
+                              name='_query_norm')(q_BTNH)
+      k_BTKH = layers.RMSNorm('head_dim', cfg.param_dtype,
+                              name='_key_norm')(k_BTKH)
+
+    base, scale = cfg.rope(self.attn_type)
+    q_BTNH = layers.apply_rope(q_BTNH, positions_BT, base_frequency=base,
+                               scale_factor=scale)
+    k_BTKH = layers.apply_rope(k_BTKH, positions_BT, base_frequency=base,
+                               scale_factor=scale)
+    q_BTNH = q_BTNH * jnp.asarray(cfg.query_scale, q_BTNH.dtype)
+    q_BTNH = layers.constrain(q_BTNH, ('batch', 'length', 'heads', 'kv'))
+    k_BTKH = layers.constrain(k_BTKH, ('batch', 'length', 'kv_heads', 'kv'))
+    v_BTKH = layers.constrain(v_BTKH, ('batch', 'length', 'kv_heads', 'kv'))
+
+    if cache is None:
+      new_cache = None
+      k_BSKH, v_BSKH, key_positions_BS = k_BTKH, v_BTKH, positions_BT
+    else:
+      # The T new keys/values go to the caller's cache indices (any order,
+      # gaps allowed); attention then runs over every cache entry, the new
+      # ones included, and the mask alone decides which are visible.
+      new_cache = LayerCache(
+          k=layers.constrain(write_at(cache.k, cache_index_BT, k_BTKH),
+                             CACHE_KV_AXES),
+          v=layers.constrain(write_at(cache.v, cache_index_BT, v_BTKH),
+                             CACHE_KV_AXES),
+          positions=layers.constrain(
+              write_at(cache.positions, cache_index_BT, positions_BT),
+              CACHE_POSITION_AXES))
+      k_BSKH = new_cache.k.astype(cfg.dtype)
+      v_BSKH = new_cache.v.astype(cfg.dtype)
+      key_positions_BS = new_cache.positions
+
+    if self.attn_type == AttentionType.LOCAL_SLIDING:
+      # The window compares stored positions, not cache offsets: query at
+      # position i sees key at j only if i - W < j. Keys at positions after
+      # the query are not excluded here (PASTA positions may overlap when a
+      # body outgrows its reservation); the visibility mask decides them.
+      window_BTS = (positions_BT[:, :, None] - key_positions_BS[:, None, :]
+                    < cfg.sliding_window_size)
+      mask_BTS = mask_BTS & window_BTS
+
+    b, t = q_BTNH.shape[:2]
+    q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
+    # Query head index = kv head * G + group member (as Gemma and HF order them).
+    logits_BTKGS = jnp.einsum('BTKGH,BSKH->BTKGS', q_BTKGH, k_BSKH,
+                              preferred_element_type=jnp.float32)
+    # Soft-cap first, then mask (Gemma 2 order).
+    logits_BTKGS = layers.soft_cap(logits_BTKGS, cfg.attn_logits_soft_cap)
+    logits_BTKGS = jnp.where(mask_BTS[:, :, None, None, :], logits_BTKGS,
+                             K_MASK)
+    probs_BTKGS = jax.nn.softmax(logits_BTKGS, axis=-1).astype(v_BSKH.dtype)
+    encoded_BTKGH = jnp.einsum('BTKGS,BSKH->BTKGH', probs_BTKGS, v_BSKH)
+    encoded_BTNH = layers.constrain(encoded_BTKGH.reshape(b, t, n, h),
+                                    ('batch', 'length', 'heads', 'kv'))
+    out_BTD = einsum((n, h, d), ('heads', 'head_dim', 'embed'),
+                     layers.fan_in_init((0, 1), 2), 'attn_vec_einsum')(
+                         'BTNH,NHD->BTD', encoded_BTNH)
+    return out_BTD, new_cache
+
+
+class FeedForward(nn.Module):
+  """GeGLU MLP: linear(gelu_tanh(x W_gate) * (x W_up)).
+
+  Params `gating_einsum` (2, D, F), or (2, F, D) with transpose_gating_einsum,
+  index 0 = gate; `linear` (F, D). No `w` level, as in the Gemma checkpoints.
+  """
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x_BTD):
+    cfg = self.config
+    d, f = cfg.embed_dim, cfg.hidden_dim
+    if cfg.transpose_gating_einsum:
+      shape, axes, eqn = (2, f, d), (None, 'mlp', 'embed'), 'BTD,CFD->CBTF'
+      init = layers.fan_in_init(2, 1, 0)
+    else:
+      shape, axes, eqn = (2, d, f), (None, 'embed', 'mlp'), 'BTD,CDF->CBTF'
+      init = layers.fan_in_init(1, 2, 0)
+    gating = self.param('gating_einsum', nn.with_logical_partitioning(init, axes),
+                        shape, jnp.dtype(cfg.param_dtype))
+    gate_BTF, up_BTF = jnp.einsum(eqn, x_BTD, gating.astype(cfg.dtype))
+    hidden_BTF = nn.gelu(gate_BTF, approximate=True) * up_BTF
+    hidden_BTF = layers.constrain(hidden_BTF, ('batch', 'length', 'mlp'))
+    linear = self.param(
+        'linear',
+        nn.with_logical_partitioning(layers.fan_in_init(0, 1), ('mlp', 'embed')),
+        (f, d), jnp.dtype(cfg.param_dtype))
+    return jnp.einsum('BTF,FD->BTD', hidden_BTF, linear.astype(cfg.dtype))
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block, with Gemma 2/3 post norms when configured."""
+
+  config: TransformerConfig
+  attn_type: AttentionType
+
+  @nn.compact
+  def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None,
+               cache_index_BT):
+    cfg = self.config
+    norm = lambda name: layers.RMSNorm('embed', cfg.param_dtype, name=name)
+    attn_BTD, new_cache = Attention(cfg, self.attn_type, name='attn')(
+        norm('pre_attention_norm')(x_BTD), positions_BT, mask_BTS, cache,
+        cache_index_BT)
+    if cfg.use_post_attn_norm:
+      attn_BTD = norm('post_attention_norm')(attn_BTD)
+    x_BTD = x_BTD + attn_BTD
+    ffw_BTD = FeedForward(cfg, name='mlp')(norm('pre_ffw_norm')(x_BTD))
+    if cfg.use_post_ffw_norm:
+      ffw_BTD = norm('post_ffw_norm')(ffw_BTD)
+    x_BTD = layers.constrain(x_BTD + ffw_BTD, ('batch', 'length', 'embed'))
+    return x_BTD, new_cache

@@ -1,0 +1,66 @@
+"""Logical axis rules: how the model's logical names map onto the mesh.
+
+Mesh axes are ('data', 'fsdp', 'tensor'). Params carry the logical names
+'vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp'; activations 'batch',
+'length', 'embed', 'heads', 'kv_heads', 'kv', 'mlp', 'vocab'; the cache 'batch',
+'cache_length', 'kv_heads', 'head_dim'. Names without a rule stay unsharded.
+
+Activations are constrained only under `jax.set_mesh(mesh)` (a mesh with Auto
+axes) together with `flax.linen.logical_axis_rules(rules)`; elsewhere the
+constraints are no-ops.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+
+from pasta_jax.models import transformer
+from pasta_jax.models.config import TransformerConfig
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh with Auto axes (GSPMD propagation)."""
+  return jax.make_mesh(tuple(shape), MESH_AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3,
+                       devices=devices)
+
+
+def default_rules(config: TransformerConfig, mesh: jax.sharding.Mesh) -> Rules:
+  """Batch over data x fsdp, weights' embed over fsdp, heads / mlp / vocab over
+  tensor; a dimension that the tensor axis does not divide (e.g. one kv head of
+  MQA) stays unsharded. Flax never uses a mesh axis twice in one spec, so the
+  activations' 'embed' stays unsharded where 'batch' already took fsdp."""
+  sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+
+  def over(axis: str, dim: int):
+    return axis if dim % sizes.get(axis, 1) == 0 else None
+
+  return [
+      ('batch', ('data', 'fsdp')),
+      ('embed', over('fsdp', config.embed_dim)),
+      ('heads', over('tensor', config.num_heads)),
+      ('kv_heads', over('tensor', config.num_kv_heads)),
+      ('mlp', over('tensor', config.hidden_dim)),
+      ('vocab', over('tensor', config.vocab_size)),
+  ]
+
+
+def param_shardings(config: TransformerConfig, mesh: jax.sharding.Mesh,
+                    rules: Rules):
+  """NamedSharding tree of the params."""
+  return nn.logical_to_mesh_sharding(transformer.logical_axes(config), mesh,
+                                     rules)
+
+
+def cache_shardings(config: TransformerConfig, mesh: jax.sharding.Mesh,
+                    rules: Rules):
+  """NamedSharding tree of the cache (structured like `init_cache`'s)."""
+  return nn.logical_to_mesh_sharding(transformer.cache_logical_axes(config),
+                                     mesh, rules)

@@ -1,0 +1,72 @@
+"""Cached decoding equals the full forward pass, wherever the cache entries go."""
+
+import numpy as np
+import pytest
+
+from pasta_jax.models import transformer
+from tests.models import helpers
+
+B, L, S = 2, 10, 16
+
+
+def _slots(seed):
+  """Row 0: a random injective map of the tokens into the cache (gaps and
+  permutation); row 1: the tokens written backwards from the end."""
+  rng = np.random.default_rng(seed)
+  row0 = rng.permutation(S)[:L]
+  row1 = S - 1 - np.arange(L)
+  return np.stack([row0, row1]).astype(np.int32)
+
+
+@pytest.mark.parametrize('name', ['gemma1_mha', 'gemma2', 'gemma3'])
+def test_token_by_token_decode_matches_forward(name):
+  config = helpers.CONFIGS[name]
+  params = helpers.params_for(config)
+  tokens = helpers.tokens_for(config, B, L, seed=1)
+  positions = np.array([np.arange(L), np.arange(L) + 3], np.int32)
+  meta = helpers.causal(B, L)
+  full = helpers.forward(config, params, tokens, positions, (meta, meta))
+  # Prefill 4 tokens in one call, then one token per call.
+  steps = [np.arange(4)] + [[t] for t in range(4, L)]
+  decoded = helpers.decode(config, params, tokens, positions, meta, steps,
+                           _slots(0), S)
+  np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
+
+
+def test_interleaved_threads_decode_matches_training_forward():
+  """Several threads per step at interleaved cache entries, idle slots
+  dropped, windows from stored positions: the logits of the training layout."""
+  config = helpers.CONFIGS['gemma3']  # sliding windows of 3 positions
+  params = helpers.params_for(config)
+  meta1, positions1, steps = helpers.pasta_example()
+  n = len(positions1)
+  meta = helpers.batch_meta(meta1, B)
+  positions = np.broadcast_to(positions1, (B, n)).copy()
+  tokens = helpers.tokens_for(config, B, n, seed=2)
+  full = helpers.forward(config, params, tokens, positions, (meta, meta))
+  # Cache entries in generation order (row 0) and in reverse with an offset
+  # (row 1); the step width is fixed at 3 after the prefill.
+  order = [t for step in steps for t in step if t >= 0]
+  slots = np.zeros((B, n), np.int32)
+  slots[0, order] = np.arange(n)
+  slots[1, order] = 17 - np.arange(n)
+  decoded = helpers.decode(config, params, tokens, positions, meta, steps,
+                           slots, cache_length=18)
+  np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_writes_scatter_and_drop():
+  config = helpers.CONFIGS['gemma1_mqa']
+  params = helpers.params_for(config)
+  cache = transformer.init_cache(config, 1, 6, np.float32)
+  tokens = np.array([[5, 6, 7]], np.int32)
+  positions = np.array([[10, 11, 12]], np.int32)
+  index = np.array([[4, 6, -1]], np.int32)  # 6 and -1 are outside [0, 6)
+  mask = np.ones((1, 3, 6), bool)
+  _, new = helpers.jitted_apply(config)(params, tokens, positions, mask, cache,
+                                        index)
+  layer = new['layer_0']
+  np.testing.assert_array_equal(layer.positions, [[0, 0, 0, 0, 10, 0]])
+  k = np.asarray(layer.k)
+  assert np.abs(k[0, 4]).sum() > 0
+  assert np.abs(np.delete(k[0], 4, axis=0)).sum() == 0
