@@ -135,7 +135,10 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT, attention,
-               cache: Cache | None = None, cache_index=None):
+               cache: Cache | None = None, cache_index=None, logits_index=None):
+    """See the module docstring; `logits_index` [B, U] (optional) computes the
+    logits only at those token positions (e.g. the last prompt token of each
+    row in a prefill), returning [B, U, V] instead of [B, T, V]."""
     cfg = self.config
     s = self._check_inputs(tokens_BT, positions_BT, cache, cache_index)
     b, t = _shape(tokens_BT)
@@ -159,6 +162,10 @@ class Transformer(nn.Module):
           None if cache is None else cache[name], cache_index)
       if cache is not None:
         new_cache[name] = layer_cache
+    if logits_index is not None:
+      # Only these positions need logits: [B, U, D] before the vocab matmul.
+      x_BTD = jnp.take_along_axis(
+          x_BTD, jnp.asarray(logits_index, jnp.int32)[:, :, None], axis=1)
     x_BTD = layers.RMSNorm('embed', cfg.param_dtype, name='final_norm')(x_BTD)
     logits_BTV = layers.soft_cap(embedder.decode(x_BTD), cfg.final_logit_softcap)
     logits_BTV = layers.constrain(logits_BTV, ('batch', 'length', 'vocab'))

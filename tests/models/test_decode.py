@@ -70,3 +70,19 @@ def test_cache_writes_scatter_and_drop():
   k = np.asarray(layer.k)
   assert np.abs(k[0, 4]).sum() > 0
   assert np.abs(np.delete(k[0], 4, axis=0)).sum() == 0
+
+
+def test_logits_index_selects_positions():
+  config = helpers.CONFIGS['gemma2']
+  params = helpers.params_for(config)
+  tokens = helpers.tokens_for(config, B, L, seed=3)
+  positions = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))
+  meta = helpers.causal(B, L)
+  model = transformer.Transformer(config)
+  full, _ = model.apply({'params': params}, tokens, positions, (meta, meta))
+  index = np.array([[L - 1, 2], [4, 0]], np.int32)
+  picked, _ = model.apply({'params': params}, tokens, positions, (meta, meta),
+                          logits_index=index)
+  assert picked.shape == (B, 2, config.vocab_size)
+  np.testing.assert_allclose(picked, np.take_along_axis(np.asarray(full), index[:, :, None], 1),
+                             rtol=1e-6, atol=1e-6)
