@@ -1,0 +1,79 @@
+"""Static settings of the interpreter (one compilation per distinct value)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from pasta_jax import layout
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpreterConfig:
+  """Shapes, budgets and grammar limits of the on-device PASTA interpreter.
+
+  Attributes:
+    slots: S thread slots per request; slot 0 is the main thread, so at most
+      S - 1 async threads run at once (later promises queue). S = 1 with
+      `sequential=True` is the sequential baseline decoder.
+    max_threads: the most promises one request may make (the grammar stops
+      offering `<promise>` after that).
+    cache_size: KV-cache entries per request (prompt + everything decoded).
+    max_steps: decode rounds per request, the prefill round included (the
+      token budget). A request still running then is reported as 'budget'.
+    max_topic_tokens: a promise topic longer than this is closed (only length
+      tokens are offered).
+    max_thread_tokens: an async body longer than this is closed with
+      `</async>` (None: only the budget limits it).
+    position_strategy: 'predicted' (main resumes at p + 1 + N + 2) or 'fixed'
+      (p + 1 + fixed_reserve). 'oracle' needs the body's length before the body
+      exists, so it is a training-time strategy only.
+    fixed_reserve: the constant of the 'fixed' strategy.
+    sequential: no PASTA tags at all (requires slots == 1).
+    top_k: sample among the k most likely tokens (0: all).
+    use_top_p: apply the per-request nucleus threshold `top_p`.
+    record_logits: keep the logits of every sampled token (debugging and the
+      replay test; memory B x cache_size x V).
+  """
+
+  slots: int = 8
+  max_threads: int = 16
+  cache_size: int = 1024
+  max_steps: int = 512
+  max_topic_tokens: int = 16
+  max_thread_tokens: int | None = None
+  position_strategy: str = 'predicted'
+  fixed_reserve: int = 32
+  sequential: bool = False
+  top_k: int = 0
+  use_top_p: bool = False
+  record_logits: bool = False
+
+  def __post_init__(self):
+    if self.slots < 1:
+      raise ValueError(f'slots must be >= 1, got {self.slots}')
+    if self.sequential and self.slots != 1:
+      raise ValueError(f'sequential decoding uses one slot, got slots={self.slots}')
+    if not self.sequential and self.slots < 2:
+      raise ValueError('PASTA decoding needs at least 2 slots (main + one async); '
+                       'use sequential=True for a single slot')
+    if self.max_threads < 1:
+      raise ValueError(f'max_threads must be >= 1, got {self.max_threads}')
+    if self.max_steps < 1 or self.cache_size < 2:
+      raise ValueError(f'need max_steps >= 1 and cache_size >= 2, got '
+                       f'{self.max_steps}, {self.cache_size}')
+    if self.max_topic_tokens < 0:
+      raise ValueError(f'max_topic_tokens must be >= 0, got {self.max_topic_tokens}')
+    if self.max_thread_tokens is not None and self.max_thread_tokens < 0:
+      raise ValueError(f'max_thread_tokens must be >= 0, got {self.max_thread_tokens}')
+    if self.position_strategy == 'oracle':
+      raise ValueError("position_strategy 'oracle' needs each body's length before it "
+                       "is decoded; the interpreter supports 'predicted' and 'fixed'")
+    layout.reserved_positions(self.position_strategy, 0, 0, self.fixed_reserve)
+    if self.top_k < 0:
+      raise ValueError(f'top_k must be >= 0, got {self.top_k}')
+
+  @property
+  def log_size(self) -> int:
+    """Room for every token a request can sample: each sampled token is fed
+    (one cache entry) except the last EOS and the tokens pending at a stop."""
+    return self.cache_size + self.slots + 1

@@ -1,0 +1,340 @@
+"""The jittable core of the PASTA interpreter (PASTA.md sections 2, 3 and 5).
+
+Everything a generation needs lives in one fixed-shape `State`; `prefill` writes
+the prompts and samples each request's first token, `step` runs one decode round
+for every request, and `generate` runs the rounds inside one `lax.while_loop`, so
+the host never looks at a token between rounds.
+
+Shapes: B requests, S thread slots (slot 0 = main thread), C cache entries,
+P = max_threads + 1 thread ids (0 = main, k = the k-th promise's async thread),
+L = log entries (every sampled token), V vocabulary.
+
+Invariants the code below relies on:
+
+* Cache entries are appended in generation order: request b's next entry is
+  `ptr[b]`; a round writes the tokens of all slots that feed, consecutively in slot
+  order. Entries >= ptr are never visible (entry_thread -1 -> segment 0).
+* The main clock of request b, `clock[b]`, is the number of main-thread entries
+  written (prompt included). A main entry's `entry_clock` is the clock when it was
+  written; an async entry's `entry_clock` is its thread's fork clock (the clock of
+  the promise's length token). With `join[b, k]` the clock of the `<sync/>` that
+  joined thread k (NEVER before), this is exactly the metadata of
+  `masks.visibility_mask`: anchor = entry_clock, visible_from = entry_clock for main
+  entries and join[thread] for async ones, order = entry index.
+* A slot feeds its pending token in a round iff it has one, its request is
+  running, and (main slot) the token is not a `<sync/>` waiting for outstanding
+  threads. The token sampled from a slot's logits is the slot's next pending
+  token, except right after an async slot fed `</async>`: that slot is released.
+* Thread k forks when the main thread samples its length token in round r; it
+  feeds `<async>` in the first round > r that has a free slot (FIFO over
+  promises), at position p + 1 where p is the length token's position.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pasta_jax import masks
+from pasta_jax.interpreter import grammar
+from pasta_jax.interpreter import sampling
+from pasta_jax.interpreter.config import InterpreterConfig
+
+RUNNING, DONE, BUDGET, CACHE_FULL = 0, 1, 2, 3
+STATUS_NAMES = {RUNNING: 'running', DONE: 'done', BUDGET: 'budget', CACHE_FULL: 'cache_full'}
+NO_THREAD = -1
+NOT_FORCED = -1
+
+
+@flax.struct.dataclass
+class State:
+  """The whole generation state of a batch of requests (all jax arrays)."""
+
+  cache: Any                 # model KV cache, [B, C, ...] per layer
+  entry_thread: jax.Array    # [B, C] thread of each cache entry, -1 = empty
+  entry_clock: jax.Array     # [B, C] anchor clock of each entry
+  ptr: jax.Array             # [B] next free cache entry
+  clock: jax.Array           # [B] main clock (main entries written)
+  fork: jax.Array            # [B, P] fork clock of each thread
+  start_pos: jax.Array       # [B, P] position of each thread's <async>
+  join: jax.Array            # [B, P] clock of the joining <sync/>, NEVER before
+  thread_done: jax.Array     # [B, P] the thread sampled </async>
+  n_threads: jax.Array       # [B] promises completed (threads created)
+  n_started: jax.Array       # [B] threads that got a slot
+  slot_thread: jax.Array     # [B, S] thread in each slot, -1 = free
+  slot_token: jax.Array      # [B, S] the slot's pending input token
+  slot_pos: jax.Array        # [B, S] position of the pending token
+  slot_ready: jax.Array      # [B, S] the slot has a pending token
+  slot_count: jax.Array      # [B, S] tokens the slot's thread has sampled
+  in_topic: jax.Array        # [B] the main thread is inside a promise tag
+  topic_len: jax.Array       # [B] topic tokens so far
+  main_done: jax.Array       # [B] the main thread sampled EOS
+  status: jax.Array          # [B] RUNNING / DONE / BUDGET / CACHE_FULL
+  steps: jax.Array           # [B] decode rounds used (prefill = round 1)
+  round: jax.Array           # [] the current round
+  out_token: jax.Array       # [B, L] sampled tokens in sampling order
+  out_thread: jax.Array      # [B, L] their threads
+  out_round: jax.Array       # [B, L] the round each was sampled in
+  out_len: jax.Array         # [B]
+  out_logits: jax.Array      # [B, L, V] (record_logits) or [B, 0, V]
+
+
+@flax.struct.dataclass
+class Requests:
+  """Per-request inputs that do not change during generation."""
+
+  keys: jax.Array            # [B] PRNG keys
+  temperature: jax.Array     # [B] 0 = greedy
+  top_p: jax.Array           # [B]
+  forced: jax.Array          # [B, P, F] tokens to force per thread (-1 = sample)
+  logit_bias: jax.Array      # [B, V] added to the logits before the grammar mask
+
+
+class Engine:
+  """Pure functions over `State` for one model, vocabulary and config."""
+
+  def __init__(self, model, config: InterpreterConfig, tables: grammar.TokenTables):
+    self.model = model
+    self.config = config
+    self.tables = tables
+    self.c = tables.control
+    self.num_thread_ids = config.max_threads + 1
+
+  # -- construction ----------------------------------------------------------
+
+  def prefill(self, params, prompt_BT: jax.Array, prompt_len_B: jax.Array,
+              requests: Requests, cache) -> State:
+    """Writes the prompts into the cache and samples each first token (round 1)."""
+    cfg = self.config
+    b, t = prompt_BT.shape
+    c_size, s, p = cfg.cache_size, cfg.slots, self.num_thread_ids
+    index = jnp.arange(t, dtype=jnp.int32)
+    valid_BT = index[None, :] < prompt_len_B[:, None]
+    positions = jnp.broadcast_to(index, (b, t))
+    meta_q = masks.AttentionMeta(
+        thread=jnp.zeros((b, t), jnp.int32), anchor=positions,
+        visible_from=positions, order=positions, segment=valid_BT.astype(jnp.int32))
+    # Keys: the whole cache; only the prompt entries are written.
+    entry = jnp.arange(c_size, dtype=jnp.int32)
+    written = entry[None, :] < prompt_len_B[:, None]
+    entry_thread = jnp.where(written, 0, NO_THREAD).astype(jnp.int32)
+    entry_clock = jnp.broadcast_to(entry, (b, c_size))
+    meta_k = masks.AttentionMeta(
+        thread=entry_thread, anchor=entry_clock, visible_from=entry_clock,
+        order=entry_clock, segment=written.astype(jnp.int32))
+    logits, cache = self.model.apply(
+        {'params': params}, prompt_BT, positions, (meta_q, meta_k), cache=cache,
+        cache_index=jnp.broadcast_to(index, (b, t)),
+        logits_index=(prompt_len_B - 1)[:, None])
+    is_main = jnp.arange(s) == 0
+    state = State(
+        cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
+        ptr=prompt_len_B.astype(jnp.int32),
+        # The last prompt token acts as the main slot's fed token of round 1.
+        clock=(prompt_len_B - 1).astype(jnp.int32),
+        fork=jnp.zeros((b, p), jnp.int32), start_pos=jnp.zeros((b, p), jnp.int32),
+        join=jnp.full((b, p), masks.NEVER, jnp.int32),
+        thread_done=jnp.zeros((b, p), bool),
+        n_threads=jnp.zeros(b, jnp.int32), n_started=jnp.zeros(b, jnp.int32),
+        slot_thread=jnp.broadcast_to(jnp.where(is_main, 0, NO_THREAD), (b, s)).astype(jnp.int32),
+        slot_token=jnp.zeros((b, s), jnp.int32),
+        slot_pos=jnp.zeros((b, s), jnp.int32).at[:, 0].set(prompt_len_B - 1),
+        slot_ready=jnp.zeros((b, s), bool),
+        slot_count=jnp.zeros((b, s), jnp.int32),
+        in_topic=jnp.zeros(b, bool), topic_len=jnp.zeros(b, jnp.int32),
+        main_done=jnp.zeros(b, bool), status=jnp.full(b, RUNNING, jnp.int32),
+        steps=jnp.zeros(b, jnp.int32), round=jnp.array(1, jnp.int32),
+        out_token=jnp.zeros((b, cfg.log_size), jnp.int32),
+        out_thread=jnp.zeros((b, cfg.log_size), jnp.int32),
+        out_round=jnp.zeros((b, cfg.log_size), jnp.int32),
+        out_len=jnp.zeros(b, jnp.int32),
+        out_logits=jnp.zeros((b, cfg.log_size if cfg.record_logits else 0,
+                              self.tables.vocab_size), jnp.float32))
+    fed = jnp.broadcast_to(is_main, (b, s))
+    fed_token = jnp.zeros((b, s), jnp.int32).at[:, 0].set(
+        jnp.take_along_axis(prompt_BT, (prompt_len_B - 1)[:, None], 1)[:, 0])
+    full_logits = jnp.zeros((b, s, logits.shape[-1]), logits.dtype).at[:, 0].set(
+        logits[:, 0])
+    return self._sample_and_advance(state, full_logits, fed, fed_token, requests)
+
+  # -- one round -------------------------------------------------------------
+
+  def step(self, params, state: State, requests: Requests) -> State:
+    """One decode round for every running request."""
+    cfg, c = self.config, self.c
+    state = state.replace(round=state.round + 1)
+    state = self._start_queued(state)
+    b, s = state.slot_token.shape
+    is_main = jnp.arange(s) == 0
+    running = state.status == RUNNING
+    thread_ids = jnp.arange(self.num_thread_ids)
+    outstanding = jnp.any((thread_ids >= 1) & (thread_ids <= state.n_threads[:, None])
+                          & ~state.thread_done, axis=1)
+    sync_waits = (state.slot_token[:, 0] == c.sync) & outstanding
+    fed = state.slot_ready & running[:, None] & ~(is_main & sync_waits[:, None])
+    n_fed = fed.sum(axis=1)
+    full = running & (state.ptr + n_fed > cfg.cache_size)
+    fed &= ~full[:, None]
+    state = state.replace(status=jnp.where(full, CACHE_FULL, state.status))
+
+    # Cache entries for this round's tokens, consecutive in slot order.
+    index = jnp.where(fed, state.ptr[:, None] + jnp.cumsum(fed, axis=1) - 1,
+                      cfg.cache_size).astype(jnp.int32)
+    main_fed = fed[:, 0]
+    # A <sync/> fed now joins every thread created so far at its own clock.
+    joins = main_fed & (state.slot_token[:, 0] == c.sync)
+    newly_joined = (joins[:, None] & (thread_ids >= 1) & (thread_ids <= state.n_threads[:, None])
+                    & (state.join == masks.NEVER))
+    join = jnp.where(newly_joined, state.clock[:, None], state.join)
+    slot_thread = jnp.maximum(state.slot_thread, 0)
+    query_clock = jnp.where(is_main, state.clock[:, None],
+                            jnp.take_along_axis(state.fork, slot_thread, axis=1))
+    entry_thread = _scatter(state.entry_thread, index, state.slot_thread)
+    entry_clock = _scatter(state.entry_clock, index, query_clock)
+    key_meta = masks.AttentionMeta(
+        thread=entry_thread, anchor=entry_clock,
+        visible_from=jnp.where(entry_thread == 0, entry_clock,
+                               jnp.take_along_axis(join, jnp.maximum(entry_thread, 0), 1)),
+        order=jnp.broadcast_to(jnp.arange(cfg.cache_size, dtype=jnp.int32), entry_thread.shape),
+        segment=(entry_thread != NO_THREAD).astype(jnp.int32))
+    query_meta = masks.AttentionMeta(
+        thread=slot_thread, anchor=query_clock, visible_from=query_clock, order=index,
+        segment=fed.astype(jnp.int32))
+    logits, cache = self.model.apply(
+        {'params': params}, state.slot_token, state.slot_pos, (query_meta, key_meta),
+        cache=state.cache, cache_index=index)
+    state = state.replace(cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
+                          ptr=state.ptr + fed.sum(axis=1), join=join)
+    return self._sample_and_advance(state, logits, fed, state.slot_token, requests)
+
+  def _start_queued(self, state: State) -> State:
+    """Gives free async slots to queued threads, oldest promise first."""
+    b, s = state.slot_thread.shape
+    free = (state.slot_thread == NO_THREAD) & (jnp.arange(s) > 0)
+    queued = state.n_threads - state.n_started
+    rank = jnp.cumsum(free, axis=1) - 1
+    take = free & (rank < queued[:, None]) & (state.status == RUNNING)[:, None]
+    thread = state.n_started[:, None] + 1 + rank
+    start = jnp.take_along_axis(state.start_pos, jnp.where(take, thread, 0), axis=1)
+    return state.replace(
+        slot_thread=jnp.where(take, thread, state.slot_thread).astype(jnp.int32),
+        slot_token=jnp.where(take, self.c.async_open, state.slot_token),
+        slot_pos=jnp.where(take, start, state.slot_pos),
+        slot_ready=state.slot_ready | take,
+        slot_count=jnp.where(take, 0, state.slot_count),
+        n_started=state.n_started + take.sum(axis=1))
+
+  # -- sampling and the state machine ----------------------------------------
+
+  def _sample_and_advance(self, state: State, logits_BSV, fed, fed_token,
+                          requests: Requests) -> State:
+    cfg, c, tables = self.config, self.c, self.tables
+    b, s = fed.shape
+    is_main = jnp.broadcast_to(jnp.arange(s) == 0, (b, s))
+    allowed = grammar.allowed_tokens(
+        tables, is_main=is_main, in_topic=state.in_topic, topic_len=state.topic_len,
+        can_promise=state.n_threads < cfg.max_threads, body_len=state.slot_count,
+        max_topic_tokens=cfg.max_topic_tokens, max_thread_tokens=cfg.max_thread_tokens,
+        sequential=cfg.sequential)
+    biased = logits_BSV + requests.logit_bias[:, None, :]
+    token = sampling.sample(biased, allowed, requests.keys, state.round,
+                            requests.temperature, requests.top_p, top_k=cfg.top_k,
+                            use_top_p=cfg.use_top_p)
+    slot_thread = jnp.maximum(state.slot_thread, 0)
+    # Teacher forcing (tests, replay): the forced token of the slot's thread.
+    forced_len = requests.forced.shape[-1]
+    forced = requests.forced[jnp.arange(b)[:, None], slot_thread,
+                             jnp.minimum(state.slot_count, forced_len - 1)]
+    forced = jnp.where(state.slot_count < forced_len, forced, NOT_FORCED)
+    token = jnp.where(forced != NOT_FORCED, forced, token)
+
+    # An async slot that just fed </async> is released; its sample means nothing.
+    release = fed & ~is_main & (fed_token == c.async_close)
+    got = fed & ~release
+    length = jnp.asarray(tables.length)
+
+    # Main thread.
+    main_got, main_token = got[:, 0], token[:, 0]
+    opens = main_got & ~state.in_topic & (main_token == c.promise)
+    closes = main_got & state.in_topic & (length[main_token] >= 0)
+    ends = main_got & (main_token == c.eos)
+    main_fed_token = fed_token[:, 0]
+    reserve = (length[main_fed_token] + 2 if cfg.position_strategy == 'predicted'
+               else jnp.full_like(main_fed_token, cfg.fixed_reserve))
+    jump = jnp.where(length[main_fed_token] >= 0, reserve, 0)
+    main_pos = jnp.where(fed[:, 0], state.slot_pos[:, 0] + 1 + jump, state.slot_pos[:, 0])
+    clock = state.clock + fed[:, 0]
+    # A closed promise creates thread k; it forks at the length token's clock.
+    k = jnp.where(closes, state.n_threads + 1, 0)
+    rows = jnp.arange(b)
+    fork = state.fork.at[rows, k].set(jnp.where(closes, clock, state.fork[rows, k]))
+    start_pos = state.start_pos.at[rows, k].set(
+        jnp.where(closes, main_pos + 1, state.start_pos[rows, k]))
+
+    # Async threads: </async> sampled -> the thread is done (fed next round).
+    ended = got & ~is_main & (token == c.async_close)
+    thread_done = state.thread_done.astype(jnp.int32).at[
+        rows[:, None], jnp.where(ended, slot_thread, 0)].max(ended.astype(jnp.int32))
+    thread_done = thread_done.at[:, 0].set(0).astype(bool)
+
+    slot_pos = jnp.where(is_main, main_pos[:, None],
+                         jnp.where(fed, state.slot_pos + 1, state.slot_pos))
+    slot_ready = jnp.where(release, False, jnp.where(got, ~(is_main & ends[:, None]),
+                                                     state.slot_ready))
+    n_threads = state.n_threads + closes
+
+    # Log every meaningful sample in slot order.
+    log_index = jnp.where(got, state.out_len[:, None] + jnp.cumsum(got, axis=1) - 1,
+                          cfg.log_size)
+    out_logits = state.out_logits
+    if cfg.record_logits:
+      out_logits = jax.vmap(lambda o, i, u: o.at[i].set(u, mode='drop'))(
+          out_logits, log_index, logits_BSV.astype(jnp.float32))
+
+    main_done = state.main_done | ends
+    thread_ids = jnp.arange(self.num_thread_ids)
+    all_joined = ~jnp.any((thread_ids >= 1) & (thread_ids <= n_threads[:, None])
+                          & ~thread_done, axis=1)
+    finished = (state.status == RUNNING) & main_done & all_joined
+    return state.replace(
+        clock=clock, fork=fork, start_pos=start_pos, thread_done=thread_done,
+        n_threads=n_threads,
+        slot_thread=jnp.where(release, NO_THREAD, state.slot_thread),
+        slot_token=jnp.where(got, token, state.slot_token), slot_pos=slot_pos,
+        slot_ready=slot_ready, slot_count=state.slot_count + got,
+        in_topic=(state.in_topic | opens) & ~closes,
+        topic_len=jnp.where(opens, 0, state.topic_len + (main_got & state.in_topic & ~closes)),
+        main_done=main_done,
+        status=jnp.where(finished, DONE, state.status),
+        steps=jnp.where(finished | (state.status == RUNNING), state.round, state.steps),
+        out_token=_scatter(state.out_token, log_index, token),
+        out_thread=_scatter(state.out_thread, log_index, state.slot_thread),
+        out_round=_scatter(state.out_round, log_index, jnp.broadcast_to(state.round, (b, s))),
+        out_len=state.out_len + got.sum(axis=1), out_logits=out_logits)
+
+  # -- the whole generation --------------------------------------------------
+
+  def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache) -> State:
+    """Prefill, then rounds until every request stops; all inside one program."""
+    state = self.prefill(params, prompt_BT, prompt_len_B, requests, cache)
+
+    def cond(state):
+      return jnp.any(state.status == RUNNING) & (state.round < self.config.max_steps)
+
+    state = jax.lax.while_loop(cond, lambda st: self.step(params, st, requests), state)
+    return state.replace(status=jnp.where(state.status == RUNNING, BUDGET, state.status))
+
+
+def _scatter(array_BN, index_BS, values_BS):
+  """array[b, index[b, s]] = values[b, s]; indices outside the array are dropped."""
+  return jax.vmap(lambda a, i, v: a.at[i].set(v.astype(a.dtype), mode='drop'))(
+      array_BN, index_BS, values_BS)
+
+
+def no_forcing(batch: int, num_thread_ids: int) -> np.ndarray:
+  return np.full((batch, num_thread_ids, 1), NOT_FORCED, np.int32)

@@ -1,0 +1,50 @@
+"""Sampling from masked logits: greedy, temperature, top-k, top-p, per-request RNG."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
+           round_: jax.Array, temperature_B: jax.Array, top_p_B: jax.Array, *,
+           top_k: int, use_top_p: bool) -> jax.Array:
+  """Next token per slot, int32 [B, S].
+
+  Disallowed tokens get probability 0 (the grammar); temperature 0 is greedy.
+  The randomness of request b, slot s at a round depends only on (keys[b], round,
+  s), so a request samples the same tokens alone or in any batch.
+  """
+  logits = jnp.where(allowed_BSV, logits_BSV.astype(jnp.float32), NEG_INF)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  temperature = temperature_B[:, None, None]
+  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
+  if top_k:
+    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
+  if use_top_p:
+    scaled = _top_p(scaled, top_p_B[:, None, None])
+  slots = scaled.shape[1]
+
+  def one(key, row_SV):
+    key = jax.random.fold_in(key, round_)
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(slots))
+    return jax.vmap(jax.random.categorical)(keys, row_SV)
+
+  sampled = jax.vmap(one)(keys_B, scaled).astype(jnp.int32)
+  return jnp.where(temperature[..., 0] > 0, sampled, greedy)
+
+
+def _top_p(scaled: jax.Array, top_p: jax.Array) -> jax.Array:
+  """Keeps the smallest set of most likely tokens whose probability reaches top_p."""
+  order = jnp.argsort(-scaled, axis=-1)
+  sorted_logits = jnp.take_along_axis(scaled, order, axis=-1)
+  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each token
+  keep_sorted = before < top_p
+  keep = jnp.zeros_like(keep_sorted).at[
+      jnp.arange(scaled.shape[0])[:, None, None],
+      jnp.arange(scaled.shape[1])[None, :, None], order].set(keep_sorted)
+  return jnp.where(keep, scaled, NEG_INF)

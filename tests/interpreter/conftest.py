@@ -1,0 +1,69 @@
+"""Shared fixtures: a small trained tokenizer, a tiny random model, test documents."""
+
+import jax
+import numpy as np
+import pytest
+
+from pasta_jax import lang
+from pasta_jax import models
+from pasta_jax import tokenizer as tokenizer_lib
+from pasta_jax import tokens as tokens_lib
+from pasta_jax.data import synthetic
+
+
+@pytest.fixture(scope='package', autouse=True)
+def _fast_compiles():
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+@pytest.fixture(scope='session')
+def tok():
+  texts = []
+  for example in synthetic.generate('train', 300):
+    texts += [example.prompt, example.plain]
+  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
+
+
+@pytest.fixture(scope='session')
+def model(tok):
+  config = models.get_config('tiny', vocab_size=tok.vocab_size)
+  return config, models.init_params(config, jax.random.key(0))
+
+
+DOCUMENTS = [
+    # Three promises: more than one or two async slots.
+    'x <promise topic="a" tokens="10"/><async>hello there</async> mid '
+    '<promise topic="b" tokens="20"/><async>more body</async>'
+    '<promise topic="c" tokens="0"/><async>c!</async><sync/> end',
+    # Text after the last sync and a thread forked after a sync.
+    '<promise topic="a" tokens="30"/><async>a) owl spelled: o-w-l</async><sync/>'
+    'then <promise topic="b" tokens="10"/><async>b) 12</async> tail',
+    # No promises at all.
+    'answer: 3 4 5.',
+    # An empty body, back-to-back promises, EOS as the implicit sync.
+    '<promise topic="" tokens="0"/><async></async><promise topic="q" tokens="10"/>'
+    '<async>q q q q q q</async><promise topic="r" tokens="10"/><async>r</async>',
+]
+
+
+def forced_threads(response, control, num_thread_ids, width=192):
+  """[P, width] forced tokens per thread: main tokens, then each body + </async>."""
+  scan = tokens_lib.scan(response, control)
+  forced = np.full((num_thread_ids, width), -1, np.int32)
+  main = response[scan.thread == 0]
+  forced[0, :len(main)] = main
+  for k in range(1, scan.num_threads + 1):
+    sampled = response[scan.thread == k][1:]  # <async> is inserted, not sampled
+    forced[k, :len(sampled)] = sampled
+  return forced
+
+
+def synthetic_documents(count):
+  return [e.annotated for e in synthetic.generate('test', count)]
+
+
+def prompt_ids(tok, text):
+  return np.asarray([tok.bos_id] + tok.encode_text(text + '\n'), np.int32)
