@@ -137,6 +137,34 @@ class Interpreter:
     self._prefill = jax.jit(self._prefill_fn)
     self._step = jax.jit(self.engine.step, donate_argnums=(1,))
 
+  @classmethod
+  def from_run(cls, run, *, mesh=None, rules=None, **overrides) -> 'Interpreter':
+    """An interpreter for a training run (`training.checkpointing.load_run`).
+
+    Takes the interpreter settings from the run's config (`config.interpreter`,
+    the data's position strategy and prompt template; a run trained in
+    'sequential' mode decodes sequentially); `overrides` replace
+    InterpreterConfig fields (e.g. slots=4, max_steps=256).
+    """
+    config = run.config
+    settings = dict(config.get('interpreter', {}))
+    data = config.data
+    sequential = data.get('mode', 'pasta') == 'sequential'
+    fields = {f.name for f in dataclasses.fields(InterpreterConfig)}
+    values = {k: v for k, v in settings.items() if k in fields}
+    values.update(position_strategy=data.get('position_strategy', 'predicted'),
+                  fixed_reserve=data.get('fixed_reserve', 32))
+    if values['position_strategy'] == 'oracle':
+      values['position_strategy'] = 'predicted'  # oracle is training-only
+    if sequential:
+      values.update(slots=1, sequential=True)
+    values.update(overrides)
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+      raise ValueError(f'unknown InterpreterConfig fields {unknown}; fields: {sorted(fields)}')
+    return cls(run.model_config, run.params, run.tokenizer, InterpreterConfig(**values),
+               template=data.get('prompt_template', '{prompt}\n'), mesh=mesh, rules=rules)
+
   # -- jitted programs ---------------------------------------------------------
 
   def _context(self):

@@ -168,6 +168,8 @@ class Engine:
     """One decode round for every running request."""
     cfg, c = self.config, self.c
     state = state.replace(round=state.round + 1)
+    if cfg.sequential:
+      return self._sequential_step(params, state, requests)
     state = self._start_queued(state)
     b, s = state.slot_token.shape
     is_main = jnp.arange(s) == 0
@@ -205,12 +207,112 @@ class Engine:
     query_meta = masks.AttentionMeta(
         thread=slot_thread, anchor=query_clock, visible_from=query_clock, order=index,
         segment=fed.astype(jnp.int32))
-    logits, cache = self.model.apply(
-        {'params': params}, state.slot_token, state.slot_pos, (query_meta, key_meta),
-        cache=state.cache, cache_index=index)
+    logits, cache = self._forward(params, state.cache, state.slot_token, state.slot_pos,
+                                  query_meta, key_meta, index, fed)
     state = state.replace(cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
                           ptr=state.ptr + fed.sum(axis=1), join=join)
     return self._sample_and_advance(state, logits, fed, state.slot_token, requests)
+
+  def _sequential_step(self, params, state: State, requests: Requests) -> State:
+    """`step` for the sequential decoder (S = 1, no tags), without thread bookkeeping.
+
+    One thread writes the cache contiguously, so an entry's clock is its index and
+    the metadata of `masks.visibility_mask` is causal (entry_thread/entry_clock of
+    the State are not maintained in this mode).
+    """
+    cfg = self.config
+    running = state.status == RUNNING
+    fed = state.slot_ready[:, 0] & running
+    full = fed & (state.ptr + 1 > cfg.cache_size)
+    fed &= ~full
+    index = jnp.where(fed, state.ptr, cfg.cache_size)[:, None].astype(jnp.int32)
+    entries = jnp.broadcast_to(jnp.arange(cfg.cache_size, dtype=jnp.int32),
+                               state.entry_clock.shape)
+    written = entries < (state.ptr + fed)[:, None]
+    zeros_k, zeros_q = jnp.zeros_like(entries), jnp.zeros_like(index)
+    key_meta = masks.AttentionMeta(zeros_k, entries, entries, entries,
+                                   written.astype(jnp.int32))
+    query_meta = masks.AttentionMeta(zeros_q, index, index, index,
+                                     fed[:, None].astype(jnp.int32))
+    logits, cache = self.model.apply(
+        {'params': params}, state.slot_token, state.slot_pos, (query_meta, key_meta),
+        cache=state.cache, cache_index=index)
+    # Sample among text and EOS (the whole grammar of sequential mode).
+    allowed = jnp.asarray(self.tables.is_text) | (jnp.arange(self.tables.vocab_size)
+                                                   == self.c.eos)
+    biased = logits + requests.logit_bias[:, None, :]
+    token = sampling.sample(biased, jnp.broadcast_to(allowed, biased.shape), requests.keys,
+                            state.round, requests.temperature, requests.top_p,
+                            top_k=cfg.top_k, use_top_p=cfg.use_top_p)
+    forced_len = requests.forced.shape[-1]
+    count = state.slot_count[:, 0]
+    forced = jnp.take_along_axis(requests.forced[:, 0, :],
+                                 jnp.minimum(count, forced_len - 1)[:, None], axis=1)[:, 0]
+    forced = jnp.where(count < forced_len, forced, NOT_FORCED)
+    token = jnp.where(forced[:, None] != NOT_FORCED, forced[:, None], token)
+    ends = fed & (token[:, 0] == self.c.eos)
+    log_index = jnp.where(fed, state.out_len, cfg.log_size)[:, None]
+    out_logits = state.out_logits
+    if cfg.record_logits:
+      out_logits = jax.vmap(lambda o, i, u: o.at[i].set(u, mode='drop'))(
+          out_logits, log_index, logits.astype(jnp.float32))
+    done = running & ~full & (state.main_done | ends)
+    status = jnp.where(full, CACHE_FULL, jnp.where(done, DONE, state.status))
+    b = fed.shape[0]
+    return state.replace(
+        cache=cache, ptr=state.ptr + fed, clock=state.clock + fed,
+        slot_token=jnp.where(fed[:, None], token, state.slot_token),
+        slot_pos=state.slot_pos + fed[:, None],
+        slot_ready=(state.slot_ready & ~fed[:, None]) | (fed & ~ends)[:, None],
+        slot_count=state.slot_count + fed[:, None],
+        main_done=state.main_done | ends, status=status,
+        steps=jnp.where(running & ~full, state.round, state.steps),
+        out_token=_scatter(state.out_token, log_index, token),
+        out_thread=_scatter(state.out_thread, log_index, jnp.zeros_like(token)),
+        out_round=_scatter(state.out_round, log_index, jnp.broadcast_to(state.round, (b, 1))),
+        out_len=state.out_len + fed, out_logits=out_logits)
+
+  def _forward(self, params, cache, token_BS, pos_BS, query_meta, key_meta, index_BS, fed_BS):
+    """The model over this round's fed tokens, at the narrowest width that fits.
+
+    The fed slots of each request are moved to the front, and `lax.switch` runs
+    the model on the first w columns, w the smallest width in `widths` that holds
+    every request's fed slots; logits go back to their slots ([B, S, V]). So a
+    round with one running thread costs about what a one-slot decoder pays,
+    while shapes stay fixed (one compiled branch per width).
+    """
+    b, s = token_BS.shape
+    widths = self.widths
+    # Fed slots first, in slot order (a stable sort on ~fed).
+    perm = jnp.argsort(~fed_BS, axis=1, stable=True)
+    take = lambda x: jnp.take_along_axis(x, perm, axis=1)
+    token, pos, index = take(token_BS), take(pos_BS), take(index_BS)
+    query = masks.AttentionMeta(*(take(a) for a in query_meta))
+    rows = jnp.arange(b)[:, None]
+
+    def run(width):
+      def branch(operands):
+        cache = operands
+        cut = lambda x: x[:, :width]
+        logits, cache = self.model.apply(
+            {'params': params}, cut(token), cut(pos),
+            (masks.AttentionMeta(*(cut(a) for a in query)), key_meta),
+            cache=cache, cache_index=cut(index))
+        full = jnp.zeros((b, s, logits.shape[-1]), logits.dtype)
+        return full.at[rows, perm[:, :width]].set(logits), cache
+      return branch
+
+    if len(widths) == 1:
+      return run(widths[0])(cache)
+    needed = jnp.max(fed_BS.sum(axis=1))
+    branch = jnp.searchsorted(jnp.asarray(widths), needed)
+    return jax.lax.switch(branch, [run(w) for w in widths], cache)
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """Query widths the forward pass is compiled for: powers of two below S, and S."""
+    s = self.config.slots
+    return tuple(sorted({1 << i for i in range(s.bit_length()) if 1 << i < s} | {s}))
 
   def _start_queued(self, state: State) -> State:
     """Gives free async slots to queued threads, oldest promise first."""

@@ -19,22 +19,27 @@ def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
   """
   logits = jnp.where(allowed_BSV, logits_BSV.astype(jnp.float32), NEG_INF)
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  temperature = temperature_B[:, None, None]
-  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)
-  if top_k:
-    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
-    scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
-  if use_top_p:
-    scaled = _top_p(scaled, top_p_B[:, None, None])
-  slots = scaled.shape[1]
+  temperature = temperature_B[:, None]
 
-  def one(key, row_SV):
-    key = jax.random.fold_in(key, round_)
-    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(slots))
-    return jax.vmap(jax.random.categorical)(keys, row_SV)
+  def draw(_):
+    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[..., None]
+    if top_k:
+      kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+      scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
+    if use_top_p:
+      scaled = _top_p(scaled, top_p_B[:, None, None])
+    slots = scaled.shape[1]
 
-  sampled = jax.vmap(one)(keys_B, scaled).astype(jnp.int32)
-  return jnp.where(temperature[..., 0] > 0, sampled, greedy)
+    def one(key, row_SV):
+      key = jax.random.fold_in(key, round_)
+      keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(slots))
+      return jax.vmap(jax.random.categorical)(keys, row_SV)
+
+    sampled = jax.vmap(one)(keys_B, scaled).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled, greedy)
+
+  # An all-greedy batch skips drawing random numbers over the vocabulary.
+  return jax.lax.cond(jnp.any(temperature_B > 0), draw, lambda _: greedy, None)
 
 
 def _top_p(scaled: jax.Array, top_p: jax.Array) -> jax.Array:
