@@ -147,7 +147,7 @@ class Interpreter:
     InterpreterConfig fields (e.g. slots=4, max_steps=256).
     """
     config = run.config
-    settings = dict(config.get('interpreter', {}))
+    settings = config.interpreter.to_dict() if 'interpreter' in config else {}
     data = config.data
     sequential = data.get('mode', 'pasta') == 'sequential'
     fields = {f.name for f in dataclasses.fields(InterpreterConfig)}
