@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import time
 from typing import Iterator, Sequence
 
 import flax.linen as nn
@@ -283,6 +284,25 @@ class Interpreter:
         state = self._generate(self.params, *self._shard((prompt, lengths, requests)))
       results += self.results(state)[:real]
     return results
+
+  def generate_timed(self, prompt_ids: np.ndarray, *, seed: int = 0,
+                     temperature: float = 0.0) -> tuple[Result, float]:
+    """One request (batch 1) and the seconds its generation program ran.
+
+    The time covers the jitted generation (prefill and every round, up to the
+    results being ready on the device), not tokenization or result assembly. The
+    first call for a prompt bucket compiles; call once untimed to warm up.
+    """
+    if self._batch_split != 1:
+      raise ValueError('generate_timed runs batch 1; use an Interpreter without a '
+                       'batch-split mesh')
+    prompt, lengths = self._pad([prompt_ids])
+    requests = self._requests(1, [seed], temperature, 1.0, None)
+    with self._context():
+      start = time.perf_counter()
+      state = jax.block_until_ready(self._generate(self.params, prompt, lengths, requests))
+      seconds = time.perf_counter() - start
+    return self.results(state)[0], seconds
 
   def stream(self, prompt: str, *, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0, logit_bias: dict[int, float] | None = None

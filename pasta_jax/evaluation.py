@@ -1,0 +1,265 @@
+"""Evaluation: a PASTA model against its sequential baseline on the benchmark.
+
+For every test prompt both models decode (batch 1, greedy, compile time excluded)
+through the interpreter; per prompt we keep the quality (the family's checker),
+the tokens, the PASTA rounds, the theoretical speedup (baseline tokens / PASTA
+rounds), the parallelism (PASTA tokens / rounds) and the wall-clock speedup
+(baseline decode time / PASTA decode time). Per family and overall: mean quality
+(points out of 100), geometric means of the speedups, and realised / theoretical.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from pasta_jax.data import encoding
+from pasta_jax.data import synthetic
+from pasta_jax.data import tfds_builders
+
+
+@dataclasses.dataclass
+class PromptResult:
+  """One prompt decoded by both models."""
+
+  prompt: str
+  family: str
+  baseline_text: str
+  baseline_quality: float
+  baseline_tokens: int
+  baseline_seconds: float
+  pasta_text: str
+  pasta_annotated: str | None
+  pasta_quality: float
+  pasta_tokens: int
+  pasta_steps: int
+  pasta_seconds: float
+  pasta_status: str
+  baseline_status: str
+  timeline: list = dataclasses.field(default_factory=list)
+
+  @property
+  def theoretical_speedup(self) -> float:
+    return self.baseline_tokens / max(self.pasta_steps, 1)
+
+  @property
+  def wallclock_speedup(self) -> float:
+    return self.baseline_seconds / self.pasta_seconds
+
+  @property
+  def parallelism(self) -> float:
+    return self.pasta_tokens / max(self.pasta_steps, 1)
+
+
+def geomean(values: Sequence[float]) -> float:
+  values = [v for v in values if v > 0]
+  return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float('nan')
+
+
+def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
+  """Per family and overall ('all') aggregates."""
+  groups = collections.defaultdict(list)
+  for row in rows:
+    groups[row.family].append(row)
+    groups['all'].append(row)
+  out = {}
+  for name, group in sorted(groups.items(), key=lambda kv: (kv[0] == 'all', kv[0])):
+    theoretical = geomean([r.theoretical_speedup for r in group])
+    wallclock = geomean([r.wallclock_speedup for r in group])
+    out[name] = {
+        'prompts': len(group),
+        'baseline_quality': 100 * float(np.mean([r.baseline_quality for r in group])),
+        'pasta_quality': 100 * float(np.mean([r.pasta_quality for r in group])),
+        'baseline_tokens': float(np.mean([r.baseline_tokens for r in group])),
+        'pasta_tokens': float(np.mean([r.pasta_tokens for r in group])),
+        'pasta_steps': float(np.mean([r.pasta_steps for r in group])),
+        'theoretical_speedup': theoretical,
+        'wallclock_speedup': wallclock,
+        'realised_over_theoretical': wallclock / theoretical,
+        'parallelism': geomean([r.parallelism for r in group]),
+    }
+  return out
+
+
+def markdown_table(summary: dict[str, dict[str, float]]) -> str:
+  lines = ['| family | prompts | quality: sequential | quality: PASTA | tokens: seq / PASTA '
+           '| PASTA rounds | theoretical speedup | wall-clock speedup | realised / theoretical '
+           '| parallelism |', '|' + '---|' * 10]
+  for name, s in summary.items():
+    lines.append(
+        f'| {name} | {s["prompts"]} | {s["baseline_quality"]:.1f} | {s["pasta_quality"]:.1f} | '
+        f'{s["baseline_tokens"]:.1f} / {s["pasta_tokens"]:.1f} | {s["pasta_steps"]:.1f} | '
+        f'{s["theoretical_speedup"]:.2f}x | {s["wallclock_speedup"]:.2f}x | '
+        f'{s["realised_over_theoretical"]:.2f} | {s["parallelism"]:.2f} |')
+  return '\n'.join(lines)
+
+
+def _check(family: str, facts: str, text: str) -> float:
+  if family in synthetic.FAMILIES:
+    return synthetic.check(family, facts, text)
+  return float('nan')  # no exact checker: quality comes from an external judge
+
+
+def evaluate(pasta, baseline, source, *, num_prompts: int | None = None, progress=None
+             ) -> list[PromptResult]:
+  """Decodes the source's prompts with both interpreters (batch 1, greedy).
+
+  Args:
+    pasta, baseline: `interpreter.Interpreter`s (the baseline in sequential mode).
+    source: random-access records with prompt, family and facts.
+    num_prompts: the first N records (None: all).
+    progress: optional callable(done, total).
+  """
+  total = len(source) if num_prompts is None else min(num_prompts, len(source))
+  warmed: set[tuple[int, int]] = set()
+  rows = []
+  for i in range(total):
+    record = source[i]
+    prompt = tfds_builders.decode_text(record['prompt'])
+    family = tfds_builders.decode_text(record['family'])
+    facts = tfds_builders.decode_text(record['facts'])
+    timed = {}
+    for name, interp in (('baseline', baseline), ('pasta', pasta)):
+      ids = encoding.encode_prompt(prompt, interp.tokenizer, interp.template)
+      key = (id(interp), interp.bucket(len(ids)))
+      if key not in warmed:  # compile this bucket outside the timing
+        interp.generate_timed(ids)
+        warmed.add(key)
+      timed[name] = interp.generate_timed(ids)
+    (base, base_s), (result, pasta_s) = timed['baseline'], timed['pasta']
+    rows.append(PromptResult(
+        prompt=prompt, family=family, baseline_text=base.text,
+        baseline_quality=_check(family, facts, base.text),
+        baseline_tokens=base.total_tokens, baseline_seconds=base_s,
+        pasta_text=result.text, pasta_annotated=result.annotated,
+        pasta_quality=_check(family, facts, result.text), pasta_tokens=result.total_tokens,
+        pasta_steps=result.steps, pasta_seconds=pasta_s, pasta_status=result.status,
+        baseline_status=base.status, timeline=[list(t) for t in result.timeline]))
+    if progress is not None:
+      progress(i + 1, total)
+  return rows
+
+
+def alpaca_eval_outputs(rows: Sequence[PromptResult], generator: str, *,
+                        baseline: bool = False) -> list[dict[str, str]]:
+  """AlpacaEval's model-outputs format: [{instruction, output, generator}]."""
+  return [{'instruction': r.prompt, 'output': r.baseline_text if baseline else r.pasta_text,
+           'generator': generator} for r in rows]
+
+
+def write_outputs(rows: Sequence[PromptResult], summary: dict, out_dir: str, *,
+                  names: tuple[str, str] = ('pasta', 'sequential')) -> dict[str, str]:
+  """JSON results, AlpacaEval outputs, the Markdown table and the plots."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {}
+  paths['results'] = os.path.join(out_dir, 'results.json')
+  with open(paths['results'], 'w', encoding='utf-8') as f:
+    json.dump({'summary': summary,
+               'prompts': [dict(dataclasses.asdict(r),
+                                theoretical_speedup=r.theoretical_speedup,
+                                wallclock_speedup=r.wallclock_speedup,
+                                parallelism=r.parallelism) for r in rows]}, f, indent=1)
+  for name, is_baseline in ((names[0], False), (names[1], True)):
+    path = os.path.join(out_dir, f'alpaca_eval_{name}.json')
+    with open(path, 'w', encoding='utf-8') as f:
+      json.dump(alpaca_eval_outputs(rows, name, baseline=is_baseline), f, indent=1)
+    paths[f'alpaca_eval_{name}'] = path
+  paths['table'] = os.path.join(out_dir, 'table.md')
+  with open(paths['table'], 'w', encoding='utf-8') as f:
+    f.write(markdown_table(summary) + '\n')
+  paths.update(plots(rows, summary, out_dir))
+  return paths
+
+
+def plots(rows: Sequence[PromptResult], summary: dict, out_dir: str) -> dict[str, str]:
+  """PNG plots: the Pareto view, the speedup distribution, one thread timeline."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  paths = {}
+
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  overall = summary['all']
+  ax.scatter([1.0], [overall['baseline_quality']], s=80, marker='s', label='sequential')
+  ax.scatter([overall['wallclock_speedup']], [overall['pasta_quality']], s=80, marker='o',
+             label='PASTA (wall-clock)')
+  ax.scatter([overall['theoretical_speedup']], [overall['pasta_quality']], s=80,
+             marker='^', label='PASTA (theoretical)')
+  for name, s in summary.items():
+    if name != 'all':
+      ax.scatter([s['wallclock_speedup']], [s['pasta_quality']], s=25, alpha=0.6)
+      ax.annotate(name, (s['wallclock_speedup'], s['pasta_quality']), fontsize=7,
+                  xytext=(3, 3), textcoords='offset points')
+  ax.set_xlabel('speedup over the sequential model (geometric mean)')
+  ax.set_ylabel('quality (checker score, %)')
+  ax.set_title('Quality against speedup')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  paths['pareto'] = os.path.join(out_dir, 'pareto.png')
+  fig.tight_layout()
+  fig.savefig(paths['pareto'], dpi=120)
+  plt.close(fig)
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  bins = np.linspace(0, max(4.5, max(r.theoretical_speedup for r in rows) + 0.25), 37)
+  ax.hist([r.wallclock_speedup for r in rows], bins=bins, alpha=0.6, label='wall-clock')
+  ax.hist([r.theoretical_speedup for r in rows], bins=bins, alpha=0.6, label='theoretical')
+  ax.axvline(1.0, color='k', lw=0.8)
+  ax.set_xlabel('per-prompt speedup over the sequential model')
+  ax.set_ylabel('prompts')
+  ax.set_title('Speedup distribution')
+  ax.legend()
+  paths['speedups'] = os.path.join(out_dir, 'speedups.png')
+  fig.tight_layout()
+  fig.savefig(paths['speedups'], dpi=120)
+  plt.close(fig)
+
+  row = max(rows, key=lambda r: (r.pasta_status == 'done', r.parallelism))
+  fig, ax = plt.subplots(figsize=(8, 3.2))
+  timeline = np.asarray(row.timeline).reshape(-1, 3)
+  threads = timeline[:, 1]
+  ax.scatter(timeline[:, 0], threads, c=threads, cmap='tab10', marker='|', s=120)
+  ax.set_xlabel('decode round')
+  ax.set_ylabel('thread (0 = main)')
+  ax.set_yticks(range(int(threads.max()) + 1))
+  ax.set_title(f'Which thread wrote each token: {row.prompt[:60]!r}', fontsize=9)
+  ax.grid(alpha=0.3)
+  paths['timeline'] = os.path.join(out_dir, 'timeline.png')
+  fig.tight_layout()
+  fig.savefig(paths['timeline'], dpi=120)
+  plt.close(fig)
+  return paths
+
+
+def print_progress(done: int, total: int, stream=sys.stderr) -> None:
+  width = 30
+  filled = int(width * done / max(total, 1))
+  stream.write(f'\revaluating [{"#" * filled}{"-" * (width - filled)}] {done}/{total}')
+  if done == total:
+    stream.write('\n')
+  stream.flush()
+
+
+def load_pair(pasta_workdir: str, baseline_workdir: str, **overrides) -> tuple[Any, Any, Any]:
+  """Interpreters for a PASTA run and its sequential baseline run, and the PASTA run."""
+  from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  from pasta_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  pasta_run = checkpointing.load_run(pasta_workdir)
+  base_run = checkpointing.load_run(baseline_workdir)
+  if pasta_run.config.data.get('mode', 'pasta') != 'pasta':
+    raise ValueError(f'{pasta_workdir} was trained in mode '
+                     f'{pasta_run.config.data.mode!r}; expected a PASTA run')
+  if base_run.config.data.get('mode') != 'sequential':
+    raise ValueError(f'{baseline_workdir} was trained in mode '
+                     f'{base_run.config.data.get("mode")!r}; expected a sequential run')
+  pasta = Interpreter.from_run(pasta_run, **overrides)
+  baseline = Interpreter.from_run(base_run, **{k: v for k, v in overrides.items()
+                                               if k not in ('slots', 'max_threads')})
+  return pasta, baseline, pasta_run

@@ -1,0 +1,121 @@
+"""End to end on tiny runs: train PASTA and sequential models a few steps, decode with
+the CLI, evaluate the pair and check every output the evaluation promises."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from pasta_jax import evaluation
+from pasta_jax import lang
+from pasta_jax.data import build
+from pasta_jax.training import inputs
+from pasta_jax.training import loop
+
+from configs import synth
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  base = tmp_path_factory.mktemp('runs')
+  data_dir = str(base / 'tfds')
+  workdirs = {}
+  for preset in ('tiny', 'tiny_sequential'):
+    config = synth.get_config(preset)
+    config.data.data_dir = data_dir
+    config.train.num_steps = 6
+    config.eval.every_steps = 6
+    config.checkpoint.every_steps = 6
+    workdirs[preset] = str(base / preset)
+    loop.train_and_evaluate(config, workdirs[preset], stream=io.StringIO())
+  yield workdirs['tiny'], workdirs['tiny_sequential'], data_dir
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
+  pasta_dir, seq_dir, _ = runs
+  pasta, baseline, run = evaluation.load_pair(pasta_dir, seq_dir, max_steps=48,
+                                              cache_size=256)
+  assert pasta.config.slots == run.config.interpreter.slots and baseline.config.sequential
+  source = inputs.data_sources(run.config.data, ['test'])['test']
+  progress = []
+  rows = evaluation.evaluate(pasta, baseline, source, num_prompts=4,
+                             progress=lambda done, total: progress.append((done, total)))
+  assert progress[-1] == (4, 4) and len(rows) == 4
+  for row in rows:
+    assert 0.0 <= row.pasta_quality <= 1.0 and 0.0 <= row.baseline_quality <= 1.0
+    assert row.pasta_seconds > 0 and row.baseline_seconds > 0
+    assert row.theoretical_speedup == row.baseline_tokens / row.pasta_steps
+    assert row.pasta_tokens == len(row.timeline)
+  summary = evaluation.summarize(rows)
+  assert summary['all']['prompts'] == 4 and set(summary) >= {'all'}
+  families = [name for name in summary if name != 'all']
+  assert sum(summary[f]['prompts'] for f in families) == 4
+  paths = evaluation.write_outputs(rows, summary, str(tmp_path))
+  for name in ('results', 'table', 'pareto', 'speedups', 'timeline',
+               'alpaca_eval_pasta', 'alpaca_eval_sequential'):
+    assert os.path.getsize(paths[name]) > 0, name
+  for name in ('pareto', 'speedups', 'timeline'):
+    with open(paths[name], 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  with open(paths['alpaca_eval_pasta']) as f:
+    outputs = json.load(f)
+  assert [o['instruction'] for o in outputs] == [r.prompt for r in rows]
+  assert {o['generator'] for o in outputs} == {'pasta'}
+  assert [o['output'] for o in outputs] == [r.pasta_text for r in rows]
+  with open(paths['results']) as f:
+    assert json.load(f)['summary']['all']['prompts'] == 4
+  table = evaluation.markdown_table(summary)
+  assert table.splitlines()[0].startswith('| family | prompts |') and '| all | 4 |' in table
+
+
+def test_summary_aggregates_by_hand():
+  rows = [evaluation.PromptResult('p', 'f', 'b', 1.0, 10, 2.0, 'x', None, 0.5, 12, 5, 1.0,
+                                  'done', 'done'),
+          evaluation.PromptResult('q', 'f', 'b', 0.0, 40, 8.0, 'y', None, 1.0, 44, 10, 2.0,
+                                  'done', 'done')]
+  s = evaluation.summarize(rows)['f']
+  assert s['baseline_quality'] == 50.0 and s['pasta_quality'] == 75.0
+  assert s['theoretical_speedup'] == pytest.approx((2.0 * 4.0) ** 0.5)
+  assert s['wallclock_speedup'] == pytest.approx((2.0 * 4.0) ** 0.5)
+  assert s['realised_over_theoretical'] == pytest.approx(1.0)
+
+
+def test_decode_cli_prints_threads_and_writes_a_trace(runs, tmp_path):
+  pasta_dir, _, _ = runs
+  trace = tmp_path / 'trace.json'
+  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  result = subprocess.run(
+      [sys.executable, '-m', 'pasta_jax.decode', f'--workdir={pasta_dir}',
+       '--prompt=do each: a) spell owl', '--prompt=sort: 3 1 2', '--max_steps=24',
+       '--color=always', f'--trace={trace}'],
+      capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.count('prompt: ') == 2
+  assert re.search(r'main\S* rounds +1-', result.stdout), result.stdout
+  assert '\033[' in result.stdout  # thread colours
+  data = json.loads(trace.read_text())
+  assert len(data['results']) == 2
+  first = data['results'][0]
+  assert first['status'] in ('done', 'budget', 'cache_full')
+  assert len(first['timeline']) == first['total_tokens']
+  if first['annotated'] is not None:
+    assert lang.strip(lang.parse(first['annotated'])) == first['text']
+
+
+def test_decode_cli_errors():
+  result = subprocess.run([sys.executable, '-m', 'pasta_jax.decode', '--workdir=/nonexistent',
+                           '--prompt=x'], capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and 'not a training run directory' in result.stderr
+  result = subprocess.run([sys.executable, '-m', 'pasta_jax.decode', '--workdir=/tmp'],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0 and 'at least one --prompt' in result.stderr
