@@ -1,24 +1,42 @@
-"""The synthetic PASTA benchmark on CPU (the project's built-in default).
+r"""The synthetic PASTA benchmark on CPU (the project's built-in default).
 
-Run (prepares the data and tokenizer, checks every example end to end and prints
-what it made: a sample annotated answer with its threads, and per-family counts,
-token lengths and the theoretical speedups of the reference annotations):
+Train the PASTA model and the sequential baseline (about 16 minutes together on
+2 CPU cores; each leaves checkpoints, its tokenizer and its config in its
+workdir, which `pasta_jax.training.checkpointing.load_run` reads back):
+
+  python -m pasta_jax.train --config configs/synth.py --workdir workdir/synth_pasta
+  python -m pasta_jax.train --config configs/synth.py:sequential --workdir workdir/synth_sequential
+
+Expected: validation token accuracy above 97% on main-thread and async-thread
+targets (docs/training.md has the measured numbers).
+
+Check the data, tokenizer and layouts without training (prints a sample answer
+split into threads and the theoretical speedups of the reference annotations):
 
   python -m pasta_jax.prepare --config configs/synth.py --workdir /tmp/pasta_synth
 
-Presets: `configs/synth.py:tiny` (the 400-example build of the dataset, for tests
-and smoke runs); the default is the full benchmark (20000 training examples). Any field can be overridden on the
-command line, e.g. `--config.data.num_train=5000`.
+Presets (`configs/synth.py:NAME`):
+  (none)            PASTA model, full benchmark (20000 training examples).
+  sequential        the same with tags stripped and causal masks (the baseline).
+  tiny              the 400-example build and the `tiny` model, a few steps: tests
+                    and smoke runs.
+  tiny_sequential   tiny, sequential.
+Any field can be overridden, e.g. `--config.train.num_steps=200`.
 """
 
 import ml_collections
 
+from pasta_jax.training import config as config_lib
+
+PRESETS = ('sequential', 'tiny', 'tiny_sequential')
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
+  # Every field exists (training.config.defaults()), so any can be overridden on the
+  # command line; what this experiment sets is below.
+  config = config_lib.defaults()
   config.seed = 0
 
-  config.data = ml_collections.ConfigDict()
   config.data.name = 'pasta_synth'
   # TFDS builder config of pasta_synth: 'default' (20000/500/500) or 'tiny' (400/40/40).
   config.data.tfds_config = 'default'
@@ -27,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # 'pasta' (annotated documents, PASTA masks) or 'sequential' (stripped, causal).
   config.data.mode = 'pasta'
   config.data.seq_len = 320
-  config.data.batch_size = 16  # global; each host reads batch_size / num_hosts rows
+  config.data.batch_size = 8  # global; each host reads batch_size / num_hosts rows
   # Promised lengths: 'measured' re-measures each body with the tokenizer and rounds
   # up to the quantum; 'annotated' keeps the lengths written in the data.
   config.data.promise_lengths = 'measured'
@@ -39,17 +57,51 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.position_strategy = 'predicted'
   config.data.fixed_reserve = 32
 
-  config.tokenizer = ml_collections.ConfigDict()
   config.tokenizer.vocab_size = 512
   # Texts sampled from the training split to train the tokenizer.
   config.tokenizer.num_texts = 5000
 
-  config.interpreter = ml_collections.ConfigDict()
   config.interpreter.slots = 8  # thread slots per request (slot 0 = main)
 
-  if arg == 'tiny':
+  # The model: every TransformerConfig field; vocab_size 0 = the tokenizer's. The
+  # `tiny` preset (1.05M params, 4 layers, D=128, local/global attention) learns the
+  # benchmark to >97% token accuracy within the CPU budget: at 8 rows x 320 tokens
+  # a step takes ~0.4 s on 2 cores, and a larger model gets too few steps.
+  config.model = config_lib.model_fields('tiny', vocab_size=0)
+
+  config.optimizer.lr = 3e-3
+  config.optimizer.schedule = 'cosine'
+  config.optimizer.warmup_steps = 50
+  config.optimizer.end_lr_factor = 0.05
+  config.optimizer.b1 = 0.9
+  config.optimizer.b2 = 0.98
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.grad_clip_norm = 1.0
+  config.optimizer.grad_accum_steps = 1
+
+  config.train.num_steps = 1100  # ~17 examples a step: about 0.95 of an epoch
+  config.train.log_every = 20
+
+  config.eval.every_steps = 550
+  config.eval.split = 'validation'
+  config.eval.num_batches = 0  # the whole split
+
+  config.checkpoint.every_steps = 250
+  config.checkpoint.keep = 2
+
+  config.mesh.shape = (-1, 1, 1)  # data parallel over every device
+
+  if arg in ('tiny', 'tiny_sequential'):
     config.data.tfds_config = 'tiny'
     config.tokenizer.num_texts = 400
-  elif arg not in (None, ''):
-    raise ValueError(f"unknown preset {arg!r} for configs/synth.py (presets: 'tiny')")
+    config.optimizer.warmup_steps = 5
+    config.train.num_steps = 40
+    config.train.log_every = 5
+    config.eval.every_steps = 20
+    config.checkpoint.every_steps = 20
+  elif arg not in (None, '', 'sequential'):
+    raise ValueError(f"unknown preset {arg!r} for configs/synth.py (presets: "
+                     f"{', '.join(repr(p) for p in PRESETS)})")
+  if arg in ('sequential', 'tiny_sequential'):
+    config.data.mode = 'sequential'
   return config

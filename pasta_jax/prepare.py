@@ -31,6 +31,7 @@ from pasta_jax.data import build
 from pasta_jax.data import encoding
 from pasta_jax.data import pipeline
 from pasta_jax.data import tfds_builders
+from pasta_jax.training import inputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
@@ -41,16 +42,6 @@ def _geomean(values: Sequence[float]) -> float:
 
 
 SPLITS = ('train', 'validation', 'test')
-
-
-def _tokenizer_texts(source, limit: int):
-  for i in range(min(limit, len(source))):
-    record = source[i]
-    yield tfds_builders.decode_text(record['prompt'])
-    yield tfds_builders.decode_text(record['plain_response'])
-    doc = lang.parse(tfds_builders.decode_text(record['annotated_response']), quantum=1)
-    for promise in doc.promises:
-      yield promise.topic
 
 
 def thread_view(doc: lang.Document, color: bool) -> str:
@@ -80,7 +71,7 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
   builder = build.builder(config.data)
   sources = {split: builder.as_data_source(split=split) for split in SPLITS}
   tok = tokenizer_lib.train_tokenizer(
-      _tokenizer_texts(sources['train'], config.tokenizer.num_texts),
+      inputs.tokenizer_texts(sources['train'], config.tokenizer.num_texts),
       os.path.join(workdir, 'tokenizer.model'), vocab_size=config.tokenizer.vocab_size,
       max_promise_tokens=config.data.max_promise_tokens, quantum=config.data.quantum,
       seed=config.seed)
@@ -133,7 +124,7 @@ def _report(tok, stats, sample, batch_info, builder, seconds, out) -> dict:
     prompt, family, enc, pasta = sample
     print(f'\nSample ({family}): {prompt!r}', file=out)
     print(thread_view(enc.document, color), file=out)
-    n, shown = len(enc.prompt), slice(len(enc.prompt), len(enc.prompt) + 40)
+    shown = slice(len(enc.prompt), len(enc.prompt) + 40)
     more = ' ...' if len(enc.response) > 40 else ''
     print(f'  first response tokens (of {len(enc.response)}): '
           f'{[tok.id_to_piece(int(i)) for i in enc.response[:40]]}{more}', file=out)

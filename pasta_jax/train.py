@@ -1,0 +1,54 @@
+r"""Trains a PASTA (or sequential-baseline) model: `python -m pasta_jax.train`.
+
+  python -m pasta_jax.train --config configs/synth.py --workdir workdir/synth_pasta
+  python -m pasta_jax.train --config configs/synth.py:sequential \
+      --workdir workdir/synth_sequential --config.optimizer.lr=2e-3
+
+The config file states what it runs (see its docstring); `--config.a.b=value`
+overrides a field. A workdir that already holds checkpoints is resumed.
+`--distributed` (or PASTA_DISTRIBUTED=1) starts multi-host JAX first
+(`jax.distributed.initialize()`, e.g. on every worker of a TPU pod: see
+scripts/launch_tpu_pod.sh). The work happens in
+`pasta_jax.training.loop.train_and_evaluate`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', os.environ.get('PASTA_DISTRIBUTED', '') not in ('', '0'),
+    'Call jax.distributed.initialize() first (several hosts). Default: $PASTA_DISTRIBUTED.')
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _CONFIG.value is None or _WORKDIR.value is None:
+    raise app.UsageError('--config and --workdir are required')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # progress goes to stdout; -v 0 shows INFO
+  import jax  # pylint: disable=g-import-not-at-top
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  from pasta_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
+  try:
+    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except config_lib.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)

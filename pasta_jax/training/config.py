@@ -1,0 +1,272 @@
+"""The training config: defaults, validation, and the frozen model config.
+
+An experiment file (`configs/*.py`) builds an `ml_collections.ConfigDict`;
+`resolve(config)` fills every field it leaves out from `defaults()`, rejects keys
+that `defaults()` does not know (naming the key and the keys expected there) and
+values that cannot work, and returns the effective config, which training saves
+beside its checkpoints. Sections:
+
+  seed          seeds the model init and the data order.
+  data          the dataset and the input pipeline (`pasta_jax.data`).
+  tokenizer     path '' trains one on the training split (vocab_size, num_texts);
+                else a sentencepiece model wrapped by `Tokenizer.from_pretrained`.
+  interpreter   read by the interpreter; training keeps it as given.
+  model         every `models.TransformerConfig` field (`model_fields(preset)`);
+                vocab_size 0 means the tokenizer's.
+  init          params from a Gemma checkpoint instead of random ones.
+  optimizer     AdamW, warmup + decay schedule, clipping, accumulation.
+  train         length of the run and how often it logs.
+  eval          periodic validation loss.
+  checkpoint    orbax CheckpointManager settings.
+  mesh          device mesh ('data', 'fsdp', 'tensor') and logical axis rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+import ml_collections
+
+from pasta_jax.models import config as model_config_lib
+
+ConfigDict = ml_collections.ConfigDict
+
+SCHEDULES = ('linear', 'cosine', 'constant')
+INIT_FORMATS = ('converted', 'orbax')
+# Sections whose keys belong to other parts of the project: kept, not checked.
+OPAQUE_SECTIONS = ('interpreter',)
+# data keys that only one dataset uses (absent from the defaults of the other).
+_JSONL_KEYS = ('jsonl_name', 'jsonl_paths', 'on_error')
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message names the key, the value and what is expected."""
+
+
+def model_fields(preset: str, **overrides: Any) -> ConfigDict:
+  """Every TransformerConfig field of a model preset, as a config section.
+
+  `vocab_size=0` (allowed only here) stands for the tokenizer's vocabulary size.
+  """
+  vocab = overrides.pop('vocab_size', None)
+  fields = model_config_lib.get_config(preset, **overrides).to_dict()
+  fields['attention_pattern'] = tuple(fields['attention_pattern'])
+  if vocab is not None:
+    fields['vocab_size'] = vocab
+  return ConfigDict(fields)
+
+
+def defaults() -> ConfigDict:
+  """Every training field with its default value."""
+  c = ConfigDict()
+  c.seed = 0
+
+  c.data = ConfigDict()
+  c.data.name = 'pasta_synth'          # 'pasta_synth' or 'pasta_jsonl'
+  c.data.tfds_config = 'default'       # pasta_synth builder config
+  c.data.data_dir = ''                 # '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.mode = 'pasta'                # 'pasta' or 'sequential'
+  c.data.seq_len = 320
+  c.data.batch_size = 16               # global rows; each host reads batch_size / hosts
+  c.data.promise_lengths = 'measured'
+  c.data.quantum = 10
+  c.data.max_promise_tokens = 100
+  c.data.prompt_template = '{prompt}\n'
+  c.data.position_strategy = 'predicted'
+  c.data.fixed_reserve = 32
+  c.data.prefetch = 2                  # batches prepared ahead in a background thread
+
+  c.tokenizer = ConfigDict()
+  c.tokenizer.path = ''                # '' = train one on the training split
+  c.tokenizer.vocab_size = 512
+  c.tokenizer.num_texts = 5000
+
+  c.interpreter = ConfigDict()
+
+  c.model = model_fields('tiny', vocab_size=0)
+
+  c.init = ConfigDict()
+  c.init.checkpoint = ''               # '' = random init
+  c.init.format = 'converted'          # scripts/convert_hf_checkpoint.py output, or 'orbax'
+  c.init.trim_vocab = False            # official Gemma 1/2 tables have padding rows
+
+  c.optimizer = ConfigDict()
+  c.optimizer.lr = 1e-3                # peak learning rate
+  c.optimizer.schedule = 'cosine'      # decay after warmup: linear, cosine or constant
+  c.optimizer.warmup_steps = 100
+  c.optimizer.end_lr_factor = 0.0      # final lr = lr * end_lr_factor
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0       # decoupled; matrices only, not norm scales
+  c.optimizer.grad_clip_norm = 1.0     # 0 = no clipping
+  c.optimizer.grad_accum_steps = 1     # micro-batches per update
+
+  c.train = ConfigDict()
+  c.train.num_steps = 1000             # 0 = derive from num_epochs
+  c.train.num_epochs = 0.0             # used when num_steps == 0
+  c.train.log_every = 20
+
+  c.eval = ConfigDict()
+  c.eval.every_steps = 250             # 0 = only at the end
+  c.eval.split = 'validation'
+  c.eval.num_batches = 0               # 0 = the whole split
+  c.eval.batch_size = 0                # global rows; 0 = data.batch_size
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 2
+  c.checkpoint.async_save = True
+
+  c.mesh = ConfigDict()
+  c.mesh.shape = (-1, 1, 1)            # (data, fsdp, tensor); one -1 = the remaining devices
+  c.mesh.rules = ()                    # (logical, mesh axes) pairs replacing the default rules
+  return c
+
+
+def _unknown(path: str, key: str, known) -> ConfigError:
+  near = difflib.get_close_matches(key, list(known), n=1)
+  hint = f'; did you mean {near[0]!r}?' if near else ''
+  where = f'config.{path.rstrip(".")}' if path else 'the config'
+  return ConfigError(f'unknown config key config.{path}{key}{hint} (the keys of {where} '
+                     f'are {sorted(known)})')
+
+
+def _merge(reference: ConfigDict, given: Mapping[str, Any], path: str,
+           extra: tuple[str, ...] = ()) -> ConfigDict:
+  out = ConfigDict()
+  for key in given:
+    if key not in reference and key not in extra:
+      raise _unknown(path, key, tuple(reference) + extra)
+  for key in tuple(reference) + tuple(k for k in extra if k in given):
+    ref = reference.get(key)
+    if key not in given:
+      out[key] = ref
+    elif isinstance(ref, ConfigDict) and f'{path}{key}' not in OPAQUE_SECTIONS:
+      if not isinstance(given[key], (ConfigDict, Mapping)):
+        raise ConfigError(f'config key {path}{key} must be a section, got '
+                          f'{given[key]!r}')
+      out[key] = _merge(ref, given[key], f'{path}{key}.',
+                        _JSONL_KEYS if f'{path}{key}' == 'data' else ())
+    else:
+      out[key] = _typed(f'{path}{key}', ref, given[key])
+  return out
+
+
+def _typed(key: str, ref: Any, value: Any) -> Any:
+  """`value` if it has the type of the default `ref` (an int may stand for a float)."""
+  # Model fields are checked by TransformerConfig (their types vary by preset).
+  if ref is None or key.startswith(OPAQUE_SECTIONS + ('model.',)):
+    return value
+  if isinstance(ref, bool) or isinstance(value, bool):
+    ok = isinstance(ref, bool) and isinstance(value, bool)
+  elif isinstance(ref, float):
+    ok = isinstance(value, (int, float))
+    value = float(value) if ok else value
+  elif isinstance(ref, (tuple, list)):
+    ok = isinstance(value, (tuple, list))
+  else:
+    ok = isinstance(value, type(ref))
+  if not ok:
+    raise ConfigError(f'config.{key}={value!r}: expected a {type(ref).__name__} like the '
+                      f'default {ref!r}')
+  return value
+
+
+def resolve(config: Mapping[str, Any]) -> ConfigDict:
+  """The effective config: defaults filled in, keys and values checked.
+
+  Raises:
+    ConfigError: an unknown key or an impossible value (named in the message).
+  """
+  given = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+  if 'model' in given and isinstance(given['model'], (Mapping, ConfigDict)):
+    # The model section is complete by construction (model_fields); check it as such.
+    fields = {f.name for f in dataclasses.fields(model_config_lib.TransformerConfig)}
+    for key in given['model']:
+      if key not in fields:
+        raise _unknown('model.', key, fields)
+    missing = sorted(fields - set(given['model']))
+    if missing:
+      raise ConfigError(f'config.model lacks the fields {missing}: build the section with '
+                        'pasta_jax.training.config.model_fields(preset, **overrides)')
+  out = _merge(defaults(), given, '')
+  check_values(out)
+  return out
+
+
+def check_values(c: ConfigDict) -> None:
+  """Value checks that need no devices, data or files."""
+  def need(ok: bool, key: str, expected: str):
+    if not ok:
+      raise ConfigError(f'config.{key}={_value(c, key)!r}: expected {expected}')
+
+  need(c.data.name in ('pasta_synth', 'pasta_jsonl'), 'data.name',
+       "'pasta_synth' or 'pasta_jsonl'")
+  if c.data.name == 'pasta_jsonl':
+    for key in ('jsonl_name', 'jsonl_paths'):
+      need(bool(c.data.get(key)), f'data.{key}',
+           'a value for the pasta_jsonl dataset (see configs/gemma_sft.py)')
+  need(c.data.mode in ('pasta', 'sequential'), 'data.mode', "'pasta' or 'sequential'")
+  need(c.data.seq_len >= 2, 'data.seq_len', 'an int >= 2')
+  need(c.data.batch_size >= 1, 'data.batch_size', 'an int >= 1')
+  need(c.data.prefetch >= 0, 'data.prefetch', 'an int >= 0')
+  need(c.tokenizer.path != '' or c.tokenizer.num_texts >= 1, 'tokenizer.num_texts',
+       'an int >= 1 (texts to train the tokenizer on)')
+  need(c.model.vocab_size >= 0, 'model.vocab_size', "an int >= 0 (0 = the tokenizer's)")
+  need(c.init.format in INIT_FORMATS, 'init.format', f'one of {INIT_FORMATS}')
+  opt = c.optimizer
+  need(opt.lr > 0, 'optimizer.lr', 'a float > 0')
+  need(opt.schedule in SCHEDULES, 'optimizer.schedule', f'one of {SCHEDULES}')
+  need(opt.warmup_steps >= 0, 'optimizer.warmup_steps', 'an int >= 0')
+  need(0 <= opt.end_lr_factor <= 1, 'optimizer.end_lr_factor', 'a float in [0, 1]')
+  need(0 <= opt.b1 < 1, 'optimizer.b1', 'a float in [0, 1)')
+  need(0 <= opt.b2 < 1, 'optimizer.b2', 'a float in [0, 1)')
+  need(opt.eps > 0, 'optimizer.eps', 'a float > 0')
+  need(opt.weight_decay >= 0, 'optimizer.weight_decay', 'a float >= 0')
+  need(opt.grad_clip_norm >= 0, 'optimizer.grad_clip_norm', 'a float >= 0 (0 = off)')
+  need(opt.grad_accum_steps >= 1, 'optimizer.grad_accum_steps', 'an int >= 1')
+  need(c.train.num_steps >= 0, 'train.num_steps', 'an int >= 0')
+  need(c.train.num_steps > 0 or c.train.num_epochs > 0, 'train.num_epochs',
+       'a number > 0 when train.num_steps is 0')
+  need(c.train.log_every >= 1, 'train.log_every', 'an int >= 1')
+  need(c.eval.every_steps >= 0, 'eval.every_steps', 'an int >= 0 (0 = only at the end)')
+  need(c.eval.num_batches >= 0, 'eval.num_batches', 'an int >= 0 (0 = the whole split)')
+  need(c.eval.batch_size >= 0, 'eval.batch_size', 'an int >= 0 (0 = data.batch_size)')
+  need(c.checkpoint.every_steps >= 1, 'checkpoint.every_steps', 'an int >= 1')
+  need(c.checkpoint.keep >= 1, 'checkpoint.keep', 'an int >= 1')
+  shape = tuple(c.mesh.shape)
+  need(len(shape) == 3 and all(isinstance(n, int) and (n >= 1 or n == -1) for n in shape)
+       and shape.count(-1) <= 1, 'mesh.shape',
+       '(data, fsdp, tensor): three ints >= 1, at most one of them -1')
+  for rule in c.mesh.rules:
+    need(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str),
+         'mesh.rules', "pairs (logical name, mesh axis or axes or None), e.g. "
+         "(('batch', ('data', 'fsdp')), ('embed', 'fsdp'))")
+
+
+def _value(c: ConfigDict, dotted: str) -> Any:
+  node: Any = c
+  for part in dotted.split('.'):
+    node = node.get(part) if hasattr(node, 'get') else None
+  return node
+
+
+def eval_batch_size(c: ConfigDict) -> int:
+  return c.eval.batch_size or c.data.batch_size
+
+
+def model_config(c: ConfigDict, vocab_size: int | None = None
+                 ) -> model_config_lib.TransformerConfig:
+  """The frozen model config (vocab_size 0 replaced by `vocab_size`)."""
+  fields = c.model.to_dict()
+  if not fields['vocab_size']:
+    if vocab_size is None:
+      raise ConfigError('config.model.vocab_size=0 (the tokenizer\'s) needs the tokenizer')
+    fields['vocab_size'] = vocab_size
+  try:
+    return model_config_lib.TransformerConfig.from_dict(fields)
+  except ValueError as e:
+    raise ConfigError(f'config.model: {e}') from None

@@ -1,0 +1,342 @@
+"""The training run: `train_and_evaluate(config, workdir)`.
+
+Starts or resumes the run in `workdir` (the latest checkpoint there wins),
+trains to `train.num_steps`, validates every `eval.every_steps` and at the end,
+checkpoints every `checkpoint.every_steps`, at the end, and when SIGTERM or
+SIGINT arrives (then it returns early; a second Ctrl-C aborts at once).
+
+Everything that can be checked without compiling is checked first: config keys
+and values, the mesh against the devices, the batch against hosts, batch
+shards and micro-batches, the dataset, the init checkpoint, the model against
+the mesh. Each failure is a `ConfigError` (or the data/checkpoint loaders' own
+error) that names the offending value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging as std_logging
+import os
+import signal
+import threading
+import time
+from typing import IO, Any
+
+import jax
+from jax.experimental import multihost_utils
+import ml_collections
+import numpy as np
+
+from pasta_jax.data import pipeline
+from pasta_jax.models import checkpoint as model_checkpoint
+from pasta_jax.models.config import TransformerConfig
+from pasta_jax.training import checkpointing
+from pasta_jax.training import config as config_lib
+from pasta_jax.training import inputs
+from pasta_jax.training import metrics as metrics_lib
+from pasta_jax.training import partitioning
+from pasta_jax.training import state as state_lib
+from pasta_jax.training import step as step_lib
+from pasta_jax.training.config import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """What `train_and_evaluate` ends with.
+
+  Attributes:
+    step: the last step trained (the run's checkpoint at that step is saved).
+    eval: the last validation metrics (`step.summarize` names), {} if none ran.
+    state: the final `TrainState` (device arrays, sharded like in training).
+    stopped_by: the signal that stopped the run early, None if it finished.
+  """
+
+  step: int
+  eval: dict[str, float]
+  state: state_lib.TrainState
+  stopped_by: int | None = None
+
+
+class StopRequest:
+  """Turns SIGTERM / SIGINT into a request to save and stop (main thread only).
+
+  A second SIGINT raises KeyboardInterrupt as usual.
+  """
+
+  def __init__(self):
+    self.signal: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def __enter__(self) -> 'StopRequest':
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> bool:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
+
+  def _handle(self, sig, frame) -> None:
+    del frame
+    if self.signal is not None and sig == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = sig
+
+  def requested(self) -> bool:
+    """Whether any host got a signal (a collective when there are several hosts)."""
+    local = self.signal is not None
+    if jax.process_count() == 1:
+      return local
+    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+
+
+def _check_init_checkpoint(config: ml_collections.ConfigDict) -> str:
+  path = os.path.abspath(os.path.expanduser(config.init.checkpoint))
+  needed = ([path, os.path.join(path, model_checkpoint.CONFIG_FILE),
+             os.path.join(path, model_checkpoint.PARAMS_DIR)]
+            if config.init.format == 'converted' else [path])
+  for p in needed:
+    if not os.path.exists(p):
+      what = ('a directory written by scripts/convert_hf_checkpoint.py (config.json and '
+              'params/)' if config.init.format == 'converted' else
+              'an orbax checkpoint directory of Gemma params')
+      raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r}: {p} does not '
+                        f'exist (expected {what}, as config.init.format='
+                        f'{config.init.format!r} says)')
+  return path
+
+
+def _load_init_params(config: ml_collections.ConfigDict, path: str,
+                      model_config: TransformerConfig, shardings):
+  """Params of a Gemma checkpoint, restored straight into `shardings`."""
+  if config.init.format == 'converted':
+    with open(os.path.join(path, model_checkpoint.CONFIG_FILE)) as f:
+      found = TransformerConfig.from_json(f.read())
+    diffs = model_checkpoint.architecture_differences(found, model_config,
+                                                      trim_vocab=config.init.trim_vocab)
+    if diffs:
+      raise ConfigError(f'config.init.checkpoint={config.init.checkpoint!r} holds another '
+                        'architecture than config.model: ' + '; '.join(
+                            f'{n}: checkpoint {a!r}, config {b!r}' for n, a, b in diffs))
+    path = os.path.join(path, model_checkpoint.PARAMS_DIR)
+  return model_checkpoint.load_params(path, model_config, trim_vocab=config.init.trim_vocab,
+                                      shardings=shardings)
+
+
+def _config_differences(old: Any, new: Any, prefix: str = '') -> list[str]:
+  if isinstance(old, dict) and isinstance(new, dict):
+    out = []
+    for key in sorted(set(old) | set(new)):
+      out += _config_differences(old.get(key), new.get(key), f'{prefix}{key}.')
+    return out
+  return [] if old == new else [f'{prefix.rstrip(".")}: {old!r} -> {new!r}']
+
+
+def _rows(batch_size: int, process_count: int) -> int:
+  return batch_size // process_count
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stream: IO[str] | None = None) -> Result:
+  """Trains (or resumes) the run in `workdir` to `config.train.num_steps`.
+
+  Args:
+    config: a training config (`configs/*.py`); missing fields take the defaults
+      of `training.config.defaults()`.
+    workdir: the run directory; resumed from its latest checkpoint if it has one.
+    stream: where the progress bar and messages go (default stdout; process 0).
+  """
+  config = config_lib.resolve(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  process_index, process_count = jax.process_index(), jax.process_count()
+  primary = process_index == 0
+  if not primary:
+    std_logging.getLogger('absl').setLevel(std_logging.WARNING)
+
+  # -- Checks that need neither data nor compilation. ------------------------
+  config_lib.model_config(config, vocab_size=config.model.vocab_size or 1)
+  mesh = partitioning.make_mesh(config.mesh.shape)
+  batch_axes = partitioning.batch_axes(config.mesh.rules)
+  partitioning.check_batch(config.data.batch_size, mesh=mesh, batch_axes=batch_axes,
+                           process_count=process_count,
+                           grad_accum_steps=config.optimizer.grad_accum_steps)
+  if config.eval.batch_size:
+    partitioning.check_batch(config.eval.batch_size, mesh=mesh, batch_axes=batch_axes,
+                             process_count=process_count, key='eval.batch_size')
+  init_path = _check_init_checkpoint(config) if config.init.checkpoint else None
+
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.checkpoint.keep,
+                                          async_save=config.checkpoint.async_save)
+  latest = checkpoints.latest_step()
+
+  # -- Data and tokenizer. ---------------------------------------------------
+  sources = inputs.data_sources(config.data, ['train', config.eval.split])
+  if latest is not None:
+    saved = checkpoints.restore_config(latest)
+    tok = checkpointing.load_tokenizer(workdir)
+  else:
+    tok = inputs.make_tokenizer(config, sources['train'])
+    if primary:
+      checkpointing.save_tokenizer(tok, workdir)
+  with config.unlocked():
+    if not config.model.vocab_size:
+      config.model.vocab_size = tok.vocab_size
+  model_config = config_lib.model_config(config)
+  if model_config.vocab_size < tok.vocab_size:
+    raise ConfigError(f'config.model.vocab_size={model_config.vocab_size} is smaller than '
+                      f'the tokenizer\'s {tok.vocab_size} ids')
+  if latest is not None:
+    diffs = _config_differences(saved.get('model'),
+                                checkpointing.config_to_json(config)['model'], 'model.')
+    if diffs:
+      raise ConfigError(f'{workdir} holds a run of another model than config.model: '
+                        + '; '.join(diffs))
+  rules = partitioning.rules_for(model_config, mesh, config.mesh.rules)
+  partitioning.check_params(model_config, mesh, rules)
+
+  notes: list[str] = []
+  rows = _rows(config.data.batch_size, process_count)
+  eval_rows = _rows(config_lib.eval_batch_size(config), process_count)
+  if not config.train.num_steps:
+    if latest is not None and saved['train']['num_epochs'] == config.train.num_epochs \
+        and saved['data'] == checkpointing.config_to_json(config)['data']:
+      num_steps = saved['train']['num_steps']  # counted when the run started
+    else:
+      num_steps = inputs.steps_for_epochs(config, sources['train'], tok, rows=rows,
+                                          process_index=process_index,
+                                          process_count=process_count)
+    with config.unlocked():
+      config.train.num_steps = num_steps
+    notes.append(f'train.num_epochs={config.train.num_epochs} -> {num_steps} steps')
+  num_steps = config.train.num_steps
+  if latest is not None:
+    for line in _config_differences(saved, checkpointing.config_to_json(config)):
+      notes.append(f'config changed since the checkpoint: {line}')
+
+  # -- State: restored, from a Gemma checkpoint, or fresh. -------------------
+  optimizer, schedule = state_lib.make_optimizer(config.optimizer, num_steps)
+  shardings = state_lib.state_shardings(model_config, optimizer, mesh, rules)
+  data_state = None
+  if latest is not None:
+    target = state_lib.abstract_state(model_config, optimizer, shardings)
+    state, data_item, _ = checkpoints.restore(latest, target)
+    data_state = inputs.host_iterator_state(data_item, process_index)
+    notes.append(f'resumed from the checkpoint of step {latest}')
+  elif init_path is not None:
+    params = _load_init_params(config, init_path, model_config, shardings.params)
+    state = state_lib.state_from_params(params, optimizer, shardings)
+    notes.append(f'params from {init_path}')
+  else:
+    state = state_lib.init_state(model_config, optimizer,
+                                 jax.random.key(config.seed), shardings)
+  if primary:
+    checkpointing.write_config(config, workdir)
+
+  train_batches = inputs.batches(config, sources['train'], tok, rows=rows, train=True,
+                                 process_index=process_index, process_count=process_count)
+  if data_state is not None:
+    train_batches.set_state(data_state)
+  eval_batches = inputs.eval_batches(config, sources[config.eval.split], tok, rows=eval_rows,
+                                     process_index=process_index,
+                                     process_count=process_count)
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  train_step, eval_step = step_lib.jit_steps(
+      model_config=model_config, optimizer=optimizer, schedule=schedule,
+      grad_accum_steps=config.optimizer.grad_accum_steps, state_shardings=shardings,
+      batch_sharding=batch_sharding)
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
+  step = int(jax.device_get(state.step))
+  bar = metrics_lib.ProgressBar(num_steps, initial=step, stream=stream, enabled=primary)
+  bar.message(f'{workdir}: {config.data.mode} training of a '
+              f'{_count(state.params) / 1e6:.2f}M-param model on {jax.device_count()} '
+              f'device(s), mesh {dict(mesh.shape)}, {process_count} host(s); '
+              f'steps {step} -> {num_steps}')
+  for note in notes:
+    bar.message(note)
+
+  def evaluate() -> dict[str, float]:
+    total = None
+    for batch in eval_batches:
+      total = step_lib.add_sums(total, eval_step(
+          state.params, partitioning.global_batch(batch, batch_sharding)))
+    result = step_lib.summarize(jax.device_get(total)) if total is not None else {}
+    writer.write(step, 'eval', result)
+    bar.message(f'step {step}: {config.eval.split} ' + _describe(result))
+    return result
+
+  def save(force: bool) -> bool:
+    if not (force or step % config.checkpoint.every_steps == 0):
+      return False
+    hosts = inputs.gather_iterator_states(feed.get_state())
+    return checkpoints.save(state, data={'process_count': process_count, 'hosts': hosts},
+                            config=config)
+
+  last_eval: dict[str, float] = {}
+  feed = (pipeline.Prefetch(train_batches, size=config.data.prefetch)
+          if config.data.prefetch else train_batches)
+  window: list[dict[str, jax.Array]] = []
+  window_start = time.time()
+  stopped_by = None
+  try:
+    with step_lib.sharded(mesh, rules), StopRequest() as stop:
+      while step < num_steps:
+        batch = partitioning.global_batch(next(feed), batch_sharding)
+        state, metrics = train_step(state, batch)
+        step += 1
+        window.append(metrics)
+        bar.update(step)
+        if step % config.train.log_every == 0 or step == num_steps:
+          sums = jax.device_get(window)
+          elapsed = time.time() - window_start
+          total = step_lib.add_sums(None, {k: sums[0][k] for k in step_lib.sum_keys()})
+          for s in sums[1:]:
+            total = step_lib.add_sums(total, {k: s[k] for k in step_lib.sum_keys()})
+          scalars = step_lib.summarize(total)
+          scalars.update(grad_norm=float(sums[-1]['grad_norm']), lr=float(sums[-1]['lr']),
+                         tokens_per_s=float(total['tokens']) / elapsed,
+                         steps_per_s=len(sums) / elapsed)
+          writer.write(step, 'train', scalars)
+          bar.set_metrics(**scalars)
+          window, window_start = [], time.time()
+        if config.eval.every_steps and step % config.eval.every_steps == 0 \
+            and step < num_steps:
+          last_eval = evaluate()
+        if stop.requested():
+          stopped_by = stop.signal
+          break
+        save(force=False)
+    if stopped_by is not None or step >= num_steps:
+      if stopped_by is None:
+        last_eval = evaluate()
+      if step not in checkpoints.all_steps():
+        save(force=True)
+      checkpoints.wait()
+      if stopped_by is not None:
+        bar.message(f'stopped by signal {stopped_by} at step {step}; checkpoint saved '
+                    f'in {checkpoints.directory}')
+  finally:
+    bar.close()
+    if isinstance(feed, pipeline.Prefetch):
+      feed.close()
+    checkpoints.wait()
+    checkpoints.close()
+    writer.close()
+  return Result(step=step, eval=last_eval, state=state, stopped_by=stopped_by)
+
+
+def _count(params) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def _describe(result: dict[str, float]) -> str:
+  parts = []
+  for kind, name in (('', 'all'), ('main_', 'main'), ('async_', 'async')):
+    if f'{kind}loss' in result:
+      parts.append(f'{name}: loss {result[f"{kind}loss"]:.4f} '
+                   f'acc {100 * result[f"{kind}accuracy"]:.2f}%')
+  return ' | '.join(parts) if parts else 'no targets'
+

@@ -1,0 +1,235 @@
+"""Bad input fails early with an error that names the key, the value and what fits."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import pytest
+
+from pasta_jax.models import checkpoint as model_checkpoint
+from pasta_jax.models import config as model_config_lib
+from pasta_jax.models import transformer
+from pasta_jax.training import config as config_lib
+from pasta_jax.training import loop
+from pasta_jax.training import partitioning
+from pasta_jax.training import state as state_lib
+from pasta_jax.training import step as step_lib
+from pasta_jax.training.config import ConfigError
+
+from configs import synth
+from tests.training.conftest import ROOT
+from tests.training.conftest import tiny_config
+
+
+def _mesh(data=1, fsdp=1, tensor=1):
+  return types.SimpleNamespace(shape={'data': data, 'fsdp': fsdp, 'tensor': tensor})
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+  """Fails the test if training gets as far as building or compiling a step."""
+  def forbidden(*args, **kwargs):
+    raise AssertionError('compiled before the error')
+  monkeypatch.setattr(step_lib, 'jit_steps', forbidden)
+  monkeypatch.setattr(state_lib, 'init_state', forbidden)
+  monkeypatch.setattr(state_lib, 'state_shardings', forbidden)
+
+
+def test_unknown_keys_are_named_with_a_suggestion():
+  config = synth.get_config('tiny')
+  config.optimizer.warmup = 10
+  with pytest.raises(ConfigError, match=r"unknown config key config\.optimizer\.warmup; "
+                     r"did you mean 'warmup_steps'\? \(the keys of config\.optimizer are "
+                     r"\['b1', 'b2', .*'lr', "):
+    config_lib.resolve(config)
+  config = synth.get_config('tiny')
+  config.optimizer.learning_rate = 1e-3
+  with pytest.raises(ConfigError, match=r"key config\.optimizer\.learning_rate \(the keys"):
+    config_lib.resolve(config)
+  config = synth.get_config('tiny')
+  config.trainer = {'steps': 3}
+  with pytest.raises(ConfigError, match=r'unknown config key config\.trainer; did you '
+                     r"mean 'train'\?"):
+    config_lib.resolve(config)
+  config = synth.get_config('tiny')
+  config.model.n_layers = 2
+  with pytest.raises(ConfigError, match=r'config\.model\.n_layers.*num_layers'):
+    config_lib.resolve(config)
+  config = synth.get_config('tiny')
+  del config.model['hidden_dim']
+  with pytest.raises(ConfigError, match=r"config\.model lacks the fields \['hidden_dim'\]"):
+    config_lib.resolve(config)
+
+
+def test_other_sections_are_opaque_and_defaults_fill_in():
+  config = synth.get_config('tiny')
+  config.interpreter.anything = 'kept'
+  resolved = config_lib.resolve(config)
+  assert resolved.interpreter.anything == 'kept'
+  assert resolved.data.prefetch == config_lib.defaults().data.prefetch
+  assert resolved.optimizer.eps == 1e-8 and resolved.init.checkpoint == ''
+  assert config_lib.resolve(resolved).to_dict() == resolved.to_dict()
+
+
+@pytest.mark.parametrize('dotted, value, message', [
+    ('optimizer.lr', 'fast', r"config\.optimizer\.lr='fast': expected a float"),
+    ('optimizer.lr', 0.0, r'config\.optimizer\.lr=0\.0: expected a float > 0'),
+    ('optimizer.schedule', 'exp', r"optimizer\.schedule='exp': expected one of \('linear'"),
+    ('optimizer.grad_accum_steps', 0, r'grad_accum_steps=0: expected an int >= 1'),
+    ('data.mode', 'parallel', r"config\.data\.mode='parallel': expected 'pasta' or"),
+    ('data.name', 'c4', r"config\.data\.name='c4'"),
+    ('train.num_steps', 0, r'train\.num_epochs=0\.0: expected a number > 0 when '
+     r'train\.num_steps is 0'),
+    ('mesh.shape', (2, -1, -1), r'mesh\.shape=\(2, -1, -1\): expected \(data, fsdp, tensor\)'),
+    ('mesh.rules', (('batch',),), r'config\.mesh\.rules=.*expected pairs'),
+    ('init.format', 'hf', r"init\.format='hf': expected one of \('converted', 'orbax'\)"),
+    ('model.num_kv_heads', 3, r'config\.model: .*num_heads \(4\) must be a multiple of '
+     r'num_kv_heads \(3\)'),
+])
+def test_bad_values(tfds_dir, dotted, value, message, no_compile, tmp_path):
+  config = tiny_config(tfds_dir, **{dotted: value})
+  with pytest.raises(ConfigError, match=message):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')  # failed before touching the workdir
+
+
+def test_mesh_shapes():
+  assert partitioning.mesh_shape((-1, 1, 1), 8) == (8, 1, 1)
+  assert partitioning.mesh_shape((2, -1, 2), 8) == (2, 2, 2)
+  with pytest.raises(ConfigError, match=r'mesh\.shape=\(3, 1, 1\) needs 3 devices; there '
+                     r'are 8'):
+    partitioning.mesh_shape((3, 1, 1), 8)
+  with pytest.raises(ConfigError, match=r'the fixed axes \(3 devices\) do not divide the '
+                     r'8 devices'):
+    partitioning.mesh_shape((3, -1, 1), 8)
+  with pytest.raises(ConfigError, match='three ints >= 1'):
+    partitioning.mesh_shape((2, 0, 4), 8)
+
+
+def test_impossible_mesh_end_to_end(tfds_dir, no_compile, tmp_path):
+  config = tiny_config(tfds_dir)
+  config.mesh.shape = (2, 2, 1)
+  with pytest.raises(ConfigError, match=r'needs 4 devices; there are 1'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def test_batch_must_divide_over_hosts_shards_and_micro_batches():
+  axes = partitioning.DEFAULT_BATCH_AXES
+  check = lambda b, mesh, **kw: partitioning.check_batch(
+      b, mesh=mesh, batch_axes=axes, **{'process_count': 1, **kw})
+  check(8, _mesh(2, 2, 2))
+  check(16, _mesh(2, 2, 1), process_count=4, grad_accum_steps=4)
+  with pytest.raises(ConfigError, match=r'data\.batch_size=6 is not divisible by the batch '
+                     r'shards of the mesh \(data=2 x fsdp=2: 4\); use a multiple of 4'):
+    check(6, _mesh(2, 2, 2))
+  with pytest.raises(ConfigError, match=r'data\.batch_size=6 is not divisible by the 4 hosts'):
+    check(6, _mesh(4, 1, 1), process_count=4)
+  with pytest.raises(ConfigError, match=r'split over 2 shards \(data=1 x fsdp=2\) but there '
+                     'are 4 hosts'):
+    check(8, _mesh(1, 2, 4), process_count=4)
+  with pytest.raises(ConfigError, match=r'grad_accum_steps=3 micro-batches .*multiple of 6'):
+    check(8, _mesh(2, 1, 1), grad_accum_steps=3)
+  assert axes == tuple(dict(partitioning.model_sharding.default_rules(
+      model_config_lib.get_config('tiny'), partitioning.make_mesh((1, 1, 1))))['batch'])
+  assert partitioning.batch_axes([('batch', 'data')]) == ('data',)
+
+
+def test_accumulation_batch_error_end_to_end(tfds_dir, no_compile, tmp_path):
+  config = tiny_config(tfds_dir, **{'optimizer.grad_accum_steps': 3})
+  with pytest.raises(ConfigError, match=r'config\.data\.batch_size=8 cannot be cut into '
+                     r'optimizer\.grad_accum_steps=3'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def test_rules_that_do_not_divide_the_model():
+  config = model_config_lib.get_config('tiny')
+  with pytest.raises(ConfigError, match=r"layer_0/attn/q_einsum/w 'heads'=4 over "
+                     r"\('tensor',\) \(3\)"):
+    partitioning.check_params(config, _mesh(1, 1, 3), [('heads', 'tensor')])
+  with pytest.raises(ConfigError, match=r"names mesh axis 'model'"):
+    partitioning.rules_for(config, partitioning.make_mesh((1, 1, 1)), [('mlp', 'model')])
+
+
+def _write_jsonl(path, n=6):
+  rows = [{'prompt': f'count from {i} to {i + 2}',
+           'annotated_response': f'answer: {i} {i + 1} {i + 2}.'} for i in range(n)]
+  path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  return str(path)
+
+
+def test_missing_data_tokenizer_and_checkpoints(tfds_dir, tmp_path, no_compile):
+  def jsonl_config(**paths):
+    config = tiny_config(tfds_dir)
+    config.data.name = 'pasta_jsonl'
+    config.data.jsonl_name = 'errors'
+    config.data.jsonl_paths = paths
+    config.data.data_dir = str(tmp_path / 'tfds')
+    return config
+
+  missing = str(tmp_path / 'nowhere.jsonl')
+  with pytest.raises(ConfigError, match=r"config\.data\.jsonl_paths\['train'\]: JSONL file "
+                     r".*nowhere\.jsonl' does not exist"):
+    loop.train_and_evaluate(jsonl_config(train=missing), str(tmp_path / 'w'))
+  train = _write_jsonl(tmp_path / 'train.jsonl')
+  with pytest.raises(ConfigError, match=r"has no split\(s\) \['validation'\]; it has "
+                     r"\['train'\]"):
+    loop.train_and_evaluate(jsonl_config(train=train), str(tmp_path / 'w'))
+  config = jsonl_config(train=train)
+  config.data.name = 'pasta_jsonl'
+  del config.data['jsonl_paths']
+  with pytest.raises(ConfigError, match=r'config\.data\.jsonl_paths=None: expected a value'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+  config = tiny_config(tfds_dir)
+  config.tokenizer.path = str(tmp_path / 'gemma.model')
+  with pytest.raises(ConfigError, match=r"config\.tokenizer\.path=.*gemma\.model': no such "
+                     'file'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+  config = tiny_config(tfds_dir)
+  config.init.checkpoint = str(tmp_path / 'ckpt')
+  with pytest.raises(ConfigError, match=r"config\.init\.checkpoint=.*ckpt': .*ckpt does not "
+                     r"exist \(expected a directory written by scripts/convert_hf_checkpoint"):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def test_checkpoint_of_another_architecture(tfds_dir, tmp_path, monkeypatch):
+  other = model_config_lib.get_config('tiny', vocab_size=400, num_layers=2)
+  model_checkpoint.save_converted(str(tmp_path / 'ckpt'), transformer.init_params(
+      other, jax.random.key(0)), other)
+  config = tiny_config(tfds_dir)
+  config.init.checkpoint = str(tmp_path / 'ckpt')
+  monkeypatch.setattr(step_lib, 'jit_steps', None)
+  with pytest.raises(ConfigError, match=r'holds another architecture than config\.model: '
+                     r'num_layers: checkpoint 2, config 4; vocab_size: checkpoint 400'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
+def test_resuming_a_run_of_another_model(tfds_dir, tmp_path, monkeypatch):
+  workdir = str(tmp_path / 'w')
+  loop.train_and_evaluate(tiny_config(tfds_dir, **{'train.num_steps': 1}), workdir)
+  monkeypatch.setattr(step_lib, 'jit_steps', None)
+  with pytest.raises(ConfigError, match=r'holds a run of another model than config\.model: '
+                     r'model\.num_layers: 4 -> 2'):
+    loop.train_and_evaluate(tiny_config(tfds_dir, **{'model.num_layers': 2}), workdir)
+
+
+def test_command_line_errors(tfds_dir, tmp_path):
+  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  run = lambda *args: subprocess.run(
+      [sys.executable, '-m', 'pasta_jax.train', *args], capture_output=True, text=True,
+      timeout=300, cwd=ROOT, env=env)
+  result = run()
+  assert result.returncode != 0 and '--config and --workdir are required' in result.stderr
+  result = run('--config', 'configs/synth.py:tiny', '--workdir', str(tmp_path / 'w'),
+               '--config.optimizer.learning_rate=1')
+  assert result.returncode != 0 and 'learning_rate' in result.stderr
+  result = run('--config', 'configs/synth.py:tiny', '--workdir', str(tmp_path / 'w'),
+               f'--config.data.data_dir={tfds_dir}', '--config.mesh.shape=(4,1,1)')
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().endswith(
+      'error: config.mesh.shape=(4, 1, 1) needs 4 devices; there are 1 (use -1 on one axis '
+      'to take the rest)')
