@@ -70,6 +70,9 @@ def reserved_positions(strategy: str, promised: int, body_tokens: int,
                        fixed_reserve: int | None = None) -> int:
   """Positions R reserved for an async chunk (PASTA.md section 3).
 
+  Works on ints and on (numpy or jax) arrays of promised lengths alike, so the
+  interpreter applies the same rule on device.
+
   Args:
     strategy: 'predicted' (R = promised + 2), 'oracle' (R = true body length + 2)
       or 'fixed' (R = fixed_reserve). The 2 counts `<async>` and `</async>`.

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pasta_jax import layout
 from pasta_jax import masks
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter import sampling
@@ -366,8 +367,9 @@ class Engine:
     closes = main_got & state.in_topic & (length[main_token] >= 0)
     ends = main_got & (main_token == c.eos)
     main_fed_token = fed_token[:, 0]
-    reserve = (length[main_fed_token] + 2 if cfg.position_strategy == 'predicted'
-               else jnp.full_like(main_fed_token, cfg.fixed_reserve))
+    # The positions reserved for a promise's thread: the rule of the training layout.
+    reserve = layout.reserved_positions(cfg.position_strategy, length[main_fed_token], 0,
+                                        cfg.fixed_reserve)
     jump = jnp.where(length[main_fed_token] >= 0, reserve, 0)
     main_pos = jnp.where(fed[:, 0], state.slot_pos[:, 0] + 1 + jump, state.slot_pos[:, 0])
     clock = state.clock + fed[:, 0]
