@@ -26,13 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pasta_jax import layout
-from pasta_jax import masks
 from pasta_jax import models
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.interpreter import Interpreter, InterpreterConfig
-from pasta_jax.interpreter import engine as engine_lib
 
 
 def _interleaved(fns, runs):

@@ -13,7 +13,6 @@ import pytest
 
 from pasta_jax import evaluation
 from pasta_jax import lang
-from pasta_jax.data import build
 from pasta_jax.training import inputs
 from pasta_jax.training import loop
 

@@ -32,7 +32,6 @@ Invariants the code below relies on:
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax

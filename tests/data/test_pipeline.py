@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-from pasta_jax import layout
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import pipeline

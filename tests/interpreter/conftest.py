@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 
-from pasta_jax import lang
 from pasta_jax import models
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax import tokens as tokens_lib
