@@ -25,6 +25,8 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split to evaluate on.')
 _NUM_PROMPTS = flags.DEFINE_integer('num_prompts', None, 'Evaluate the first N prompts.')
 _SLOTS = flags.DEFINE_integer('slots', None, 'PASTA thread slots (default: the run config).')
 _MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Decode rounds per request.')
+_CACHE_SIZE = flags.DEFINE_integer(
+    'cache_size', None, 'KV-cache entries per request (default: the run config).')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -34,8 +36,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('--pasta, --sequential and --out are required')
   from pasta_jax import evaluation  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import inputs  # pylint: disable=g-import-not-at-top
-  overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value))
-               if v is not None}
+  overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
+                                 ('cache_size', _CACHE_SIZE.value)) if v is not None}
   pasta, baseline, run = evaluation.load_pair(_PASTA.value, _SEQUENTIAL.value, **overrides)
   source = inputs.data_sources(run.config.data, [_SPLIT.value])[_SPLIT.value]
   rows = evaluation.evaluate(pasta, baseline, source, num_prompts=_NUM_PROMPTS.value,

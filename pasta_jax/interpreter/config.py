@@ -33,6 +33,10 @@ class InterpreterConfig:
     use_top_p: apply the per-request nucleus threshold `top_p`.
     record_logits: keep the logits of every sampled token (debugging and the
       replay test; memory B x cache_size x V).
+    hoist_layouts: give the decode loop transposed copies of the weights it
+      multiplies by their transpose (embedding table, q/kv projections, MLP
+      gating), made once per generation (see `Engine._loop_layouts`). Faster
+      on CPU; costs the memory of those weights once more.
   """
 
   slots: int = 8
@@ -47,6 +51,7 @@ class InterpreterConfig:
   top_k: int = 0
   use_top_p: bool = False
   record_logits: bool = False
+  hoist_layouts: bool = True
 
   def __post_init__(self):
     if self.slots < 1:

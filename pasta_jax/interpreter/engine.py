@@ -44,6 +44,7 @@ from pasta_jax import masks
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter import sampling
 from pasta_jax.interpreter.config import InterpreterConfig
+from pasta_jax.models import transformer
 
 RUNNING, DONE, BUDGET, CACHE_FULL = 0, 1, 2, 3
 STATUS_NAMES = {RUNNING: 'running', DONE: 'done', BUDGET: 'budget', CACHE_FULL: 'cache_full'}
@@ -164,12 +165,17 @@ class Engine:
 
   # -- one round -------------------------------------------------------------
 
-  def step(self, params, state: State, requests: Requests) -> State:
-    """One decode round for every running request."""
+  def step(self, params, state: State, requests: Requests, hoisted: bool = False) -> State:
+    """One decode round for every running request.
+
+    `hoisted`: `params` come from `_hoist` (the decode loop's weight layouts);
+    they are transposed back where the model reads them.
+    """
     cfg, c = self.config, self.c
     state = state.replace(round=state.round + 1)
     if cfg.sequential:
-      return self._sequential_step(params, state, requests)
+      return self._sequential_step(self._unhoist(params) if hoisted else params, state,
+                                   requests)
     state = self._start_queued(state)
     b, s = state.slot_token.shape
     is_main = jnp.arange(s) == 0
@@ -196,19 +202,27 @@ class Engine:
     slot_thread = jnp.maximum(state.slot_thread, 0)
     query_clock = jnp.where(is_main, state.clock[:, None],
                             jnp.take_along_axis(state.fork, slot_thread, axis=1))
-    entry_thread = _scatter(state.entry_thread, index, state.slot_thread)
-    entry_clock = _scatter(state.entry_clock, index, query_clock)
-    key_meta = masks.AttentionMeta(
-        thread=entry_thread, anchor=entry_clock,
-        visible_from=jnp.where(entry_thread == 0, entry_clock,
-                               jnp.take_along_axis(join, jnp.maximum(entry_thread, 0), 1)),
-        order=jnp.broadcast_to(jnp.arange(cfg.cache_size, dtype=jnp.int32), entry_thread.shape),
-        segment=(entry_thread != NO_THREAD).astype(jnp.int32))
+    # Keys: the cache as it is (this round's entries are still empty there), then
+    # this round's tokens, with the metadata their entries get.
+    visible_from = lambda thread, clock: jnp.where(
+        thread == 0, clock, jnp.take_along_axis(join, jnp.maximum(thread, 0), 1))
+    cache_meta = masks.AttentionMeta(
+        thread=state.entry_thread, anchor=state.entry_clock,
+        visible_from=visible_from(state.entry_thread, state.entry_clock),
+        order=jnp.broadcast_to(jnp.arange(cfg.cache_size, dtype=jnp.int32),
+                               state.entry_thread.shape),
+        segment=(state.entry_thread != NO_THREAD).astype(jnp.int32))
+    new_meta = masks.AttentionMeta(
+        thread=slot_thread, anchor=query_clock,
+        visible_from=visible_from(slot_thread, query_clock), order=index,
+        segment=fed.astype(jnp.int32))
     query_meta = masks.AttentionMeta(
         thread=slot_thread, anchor=query_clock, visible_from=query_clock, order=index,
         segment=fed.astype(jnp.int32))
-    logits, cache = self._forward(params, state.cache, state.slot_token, state.slot_pos,
-                                  query_meta, key_meta, index, fed)
+    logits, cache = self._forward(params, hoisted, state.cache, state.slot_token,
+                                  state.slot_pos, query_meta, cache_meta, new_meta, index, fed)
+    entry_thread = _scatter(state.entry_thread, index, state.slot_thread)
+    entry_clock = _scatter(state.entry_clock, index, query_clock)
     state = state.replace(cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
                           ptr=state.ptr + fed.sum(axis=1), join=join)
     return self._sample_and_advance(state, logits, fed, state.slot_token, requests)
@@ -272,14 +286,20 @@ class Engine:
         out_round=_scatter(state.out_round, log_index, jnp.broadcast_to(state.round, (b, 1))),
         out_len=state.out_len + fed, out_logits=out_logits)
 
-  def _forward(self, params, cache, token_BS, pos_BS, query_meta, key_meta, index_BS, fed_BS):
+  def _forward(self, params, hoisted, cache, token_BS, pos_BS, query_meta, cache_meta,
+               new_meta, index_BS, fed_BS):
     """The model over this round's fed tokens, at the narrowest width that fits.
 
     The fed slots of each request are moved to the front, and `lax.switch` runs
     the model on the first w columns, w the smallest width in `widths` that holds
     every request's fed slots; logits go back to their slots ([B, S, V]). So a
     round with one running thread costs about what a one-slot decoder pays,
-    while shapes stay fixed (one compiled branch per width).
+    while shapes stay fixed (one compiled branch per width). The branches only
+    read the cache (`write_cache=False`: keys = the cache, then the fed tokens)
+    and return the new entries, written after the switch: a cache that went
+    through the conditional would be copied into and out of it every round.
+    Hoisted weights are transposed back inside each branch, where XLA folds the
+    transposes into the products.
     """
     b, s = token_BS.shape
     widths = self.widths
@@ -288,25 +308,32 @@ class Engine:
     take = lambda x: jnp.take_along_axis(x, perm, axis=1)
     token, pos, index = take(token_BS), take(pos_BS), take(index_BS)
     query = masks.AttentionMeta(*(take(a) for a in query_meta))
+    new_keys = masks.AttentionMeta(*(take(a) for a in new_meta))
     rows = jnp.arange(b)[:, None]
 
     def run(width):
-      def branch(operands):
-        cache = operands
+      def branch(cache):
         cut = lambda x: x[:, :width]
-        logits, cache = self.model.apply(
-            {'params': params}, cut(token), cut(pos),
-            (masks.AttentionMeta(*(cut(a) for a in query)), key_meta),
-            cache=cache, cache_index=cut(index))
+        keys = masks.AttentionMeta(*(jnp.concatenate([c, cut(n)], axis=1)
+                                     for c, n in zip(cache_meta, new_keys)))
+        logits, entries = self.model.apply(
+            {'params': self._unhoist(params) if hoisted else params}, cut(token), cut(pos),
+            (masks.AttentionMeta(*(cut(a) for a in query)), keys),
+            cache=cache, write_cache=False)
         full = jnp.zeros((b, s, logits.shape[-1]), logits.dtype)
-        return full.at[rows, perm[:, :width]].set(logits), cache
+        # Entries of the columns past `width` are zeros; their slots are not fed,
+        # so their index drops them.
+        pad = lambda x: jnp.pad(x, [(0, 0), (0, s - width)] + [(0, 0)] * (x.ndim - 2))
+        return full.at[rows, perm[:, :width]].set(logits), jax.tree.map(pad, entries)
       return branch
 
     if len(widths) == 1:
-      return run(widths[0])(cache)
-    needed = jnp.max(fed_BS.sum(axis=1))
-    branch = jnp.searchsorted(jnp.asarray(widths), needed)
-    return jax.lax.switch(branch, [run(w) for w in widths], cache)
+      logits, entries = run(widths[0])(cache)
+    else:
+      needed = jnp.max(fed_BS.sum(axis=1))
+      branch = jnp.searchsorted(jnp.asarray(widths), needed)
+      logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
+    return logits, transformer.write_entries(cache, entries, index)
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -422,6 +449,39 @@ class Engine:
 
   # -- the whole generation --------------------------------------------------
 
+  def _loop_layouts(self) -> dict[str, tuple[int, ...]]:
+    """Weights the decode loop reads transposed: name -> axis permutation.
+
+    Each is a product that contracts the weight's minor axis (x @ W^T). XLA then
+    either copies the transposed weight every round or runs a transposed
+    product; both cost a visible share of a small model's decode step on CPU.
+    `_hoist` transposes these once, before the loop, behind an optimization
+    barrier; inside the loop `_unhoist` transposes them back, which XLA folds
+    into the products (now x @ W with W's contracted axis major).
+    """
+    if not self.config.hoist_layouts:
+      return {}
+    cfg = self.model.config
+    gating = (2, 0, 1) if cfg.transpose_gating_einsum else (1, 0, 2)
+    return {'input_embedding': (1, 0), 'gating_einsum': gating, 'q_einsum': (1, 0, 2),
+            'kv_einsum': (2, 0, 1, 3), 'qkv_einsum': (2, 0, 1, 3)}
+
+  def _hoist(self, params):
+    perms = self._loop_layouts()
+
+    def hoist(path, x):
+      perm = perms.get(getattr(path[-1], 'key', None))
+      return x if perm is None else jax.lax.optimization_barrier(jnp.transpose(x, perm))
+    return jax.tree_util.tree_map_with_path(hoist, params)
+
+  def _unhoist(self, hoisted):
+    perms = self._loop_layouts()
+
+    def unhoist(path, x):
+      perm = perms.get(getattr(path[-1], 'key', None))
+      return x if perm is None else jnp.transpose(x, np.argsort(perm))
+    return jax.tree_util.tree_map_with_path(unhoist, hoisted)
+
   def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache) -> State:
     """Prefill, then rounds until every request stops; all inside one program."""
     state = self.prefill(params, prompt_BT, prompt_len_B, requests, cache)
@@ -429,7 +489,9 @@ class Engine:
     def cond(state):
       return jnp.any(state.status == RUNNING) & (state.round < self.config.max_steps)
 
-    state = jax.lax.while_loop(cond, lambda st: self.step(params, st, requests), state)
+    hoisted = self._hoist(params)
+    state = jax.lax.while_loop(
+        cond, lambda st: self.step(hoisted, st, requests, hoisted=True), state)
     return state.replace(status=jnp.where(state.status == RUNNING, BUDGET, state.status))
 
 

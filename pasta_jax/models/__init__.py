@@ -18,11 +18,12 @@ from pasta_jax.models.modules import LayerCache
 from pasta_jax.models.transformer import (Transformer, attention_mask,
                                           cache_logical_axes, count_params,
                                           init_cache, init_params,
-                                          logical_axes, param_shapes)
+                                          logical_axes, param_shapes,
+                                          write_entries)
 
 __all__ = [
     'AttentionType', 'CPU_PRESETS', 'LayerCache', 'PRESETS', 'PUBLIC_PRESETS',
     'Transformer', 'TransformerConfig', 'attention_mask', 'cache_logical_axes',
     'count_params', 'get_config', 'init_cache', 'init_params', 'logical_axes',
-    'param_shapes',
+    'param_shapes', 'write_entries',
 ]

@@ -99,7 +99,7 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None,
-               cache_index_BT):
+               cache_index_BT, write_cache: bool = True):
     cfg = self.config
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
     einsum = lambda shape, axes, init, name: layers.Einsum(
@@ -137,6 +137,14 @@ class Attention(nn.Module):
     if cache is None:
       new_cache = None
       k_BSKH, v_BSKH, key_positions_BS = k_BTKH, v_BTKH, positions_BT
+    elif not write_cache:
+      # Read-only cache: the keys are the S cached entries as they are, then the
+      # T new tokens (the mask's key axis is S + T); the new entries go back to
+      # the caller, who writes them (transformer.write_cache).
+      new_cache = LayerCache(k=k_BTKH, v=v_BTKH, positions=positions_BT)
+      k_BSKH = (cache.k.astype(cfg.dtype), k_BTKH)
+      v_BSKH = (cache.v.astype(cfg.dtype), v_BTKH)
+      key_positions_BS = jnp.concatenate([cache.positions, positions_BT], axis=1)
     else:
       # The T new keys/values go to the caller's cache indices (any order,
       # gaps allowed); attention then runs over every cache entry, the new
@@ -165,14 +173,24 @@ class Attention(nn.Module):
     b, t = q_BTNH.shape[:2]
     q_BTKGH = q_BTNH.reshape(b, t, k, n // k, h)
     # Query head index = kv head * G + group member (as Gemma and HF order them).
-    logits_BTKGS = jnp.einsum('BTKGH,BSKH->BTKGS', q_BTKGH, k_BSKH,
-                              preferred_element_type=jnp.float32)
+    # Keys in one array, or in parts (read-only cache, then the new tokens) whose
+    # logits are joined before the softmax: the cache itself is never copied.
+    k_parts = k_BSKH if isinstance(k_BSKH, tuple) else (k_BSKH,)
+    v_parts = v_BSKH if isinstance(v_BSKH, tuple) else (v_BSKH,)
+    logits_BTKGS = jnp.concatenate(
+        [jnp.einsum('BTKGH,BSKH->BTKGS', q_BTKGH, part,
+                    preferred_element_type=jnp.float32) for part in k_parts], axis=-1)
     # Soft-cap first, then mask (Gemma 2 order).
     logits_BTKGS = layers.soft_cap(logits_BTKGS, cfg.attn_logits_soft_cap)
     logits_BTKGS = jnp.where(mask_BTS[:, :, None, None, :], logits_BTKGS,
                              K_MASK)
-    probs_BTKGS = jax.nn.softmax(logits_BTKGS, axis=-1).astype(v_BSKH.dtype)
-    encoded_BTKGH = jnp.einsum('BTKGS,BSKH->BTKGH', probs_BTKGS, v_BSKH)
+    probs_BTKGS = jax.nn.softmax(logits_BTKGS, axis=-1).astype(v_parts[0].dtype)
+    encoded_BTKGH, start = 0, 0
+    for part in v_parts:
+      size = part.shape[1]
+      encoded_BTKGH += jnp.einsum('BTKGS,BSKH->BTKGH',
+                                  probs_BTKGS[..., start:start + size], part)
+      start += size
     encoded_BTNH = layers.constrain(encoded_BTKGH.reshape(b, t, n, h),
                                     ('batch', 'length', 'heads', 'kv'))
     out_BTD = einsum((n, h, d), ('heads', 'head_dim', 'embed'),
@@ -195,14 +213,18 @@ class FeedForward(nn.Module):
     cfg = self.config
     d, f = cfg.embed_dim, cfg.hidden_dim
     if cfg.transpose_gating_einsum:
-      shape, axes, eqn = (2, f, d), (None, 'mlp', 'embed'), 'BTD,CFD->CBTF'
+      shape, axes, eqn = (2, f, d), (None, 'mlp', 'embed'), 'BTD,CFD->BTCF'
       init = layers.fan_in_init(2, 1, 0)
     else:
-      shape, axes, eqn = (2, d, f), (None, 'embed', 'mlp'), 'BTD,CDF->CBTF'
+      shape, axes, eqn = (2, d, f), (None, 'embed', 'mlp'), 'BTD,CDF->BTCF'
       init = layers.fan_in_init(1, 2, 0)
     gating = self.param('gating_einsum', nn.with_logical_partitioning(init, axes),
                         shape, jnp.dtype(cfg.param_dtype))
-    gate_BTF, up_BTF = jnp.einsum(eqn, x_BTD, gating.astype(cfg.dtype))
+    # Output [B, T, 2, F] (then split): with the token axes leading, XLA computes
+    # x @ W rather than the transposed W^T @ x^T, which is much slower on CPU at
+    # decode widths > 1.
+    gating_BTCF = jnp.einsum(eqn, x_BTD, gating.astype(cfg.dtype))
+    gate_BTF, up_BTF = gating_BTCF[:, :, 0], gating_BTCF[:, :, 1]
     hidden_BTF = nn.gelu(gate_BTF, approximate=True) * up_BTF
     hidden_BTF = layers.constrain(hidden_BTF, ('batch', 'length', 'mlp'))
     linear = self.param(
@@ -220,12 +242,12 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None,
-               cache_index_BT):
+               cache_index_BT, write_cache: bool = True):
     cfg = self.config
     norm = lambda name: layers.RMSNorm('embed', cfg.param_dtype, name=name)
     attn_BTD, new_cache = Attention(cfg, self.attn_type, name='attn')(
         norm('pre_attention_norm')(x_BTD), positions_BT, mask_BTS, cache,
-        cache_index_BT)
+        cache_index_BT, write_cache)
     if cfg.use_post_attn_norm:
       attn_BTD = norm('post_attention_norm')(attn_BTD)
     x_BTD = x_BTD + attn_BTD

@@ -15,6 +15,13 @@
   `cache_index` [B, T] int gives the cache entry each new token's K/V goes to,
   and attention runs over the whole cache. The key metadata / mask columns
   describe the cache entries *after* this call's writes.
+* `write_cache=False` (with a cache, no `cache_index`): the cache is only read.
+  The keys are the S cache entries as they are, then the T new tokens (the mask's
+  key axis is S + T), and the call returns the new entries (per layer a
+  `LayerCache` of [B, T] rows) instead of an updated cache; `write_entries` puts
+  them at their indices. A decoder that picks among compiled widths with
+  `lax.switch` uses this to keep the cache out of the branches (a cache that goes
+  through a conditional is copied in and out of it).
 
 The model keeps no state between calls and has no special case for threads:
 everything PASTA needs is in positions, the mask and the cache indices.
@@ -35,7 +42,7 @@ from pasta_jax import masks
 from pasta_jax.models import layers
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.models.modules import (CACHE_KV_AXES, CACHE_POSITION_AXES,
-                                      Block, Embedder, LayerCache)
+                                      Block, Embedder, LayerCache, write_at)
 
 Cache = dict[str, LayerCache]
 PartitionSpec = jax.sharding.PartitionSpec
@@ -85,7 +92,8 @@ class Transformer(nn.Module):
 
   config: TransformerConfig
 
-  def _check_inputs(self, tokens_BT, positions_BT, cache, cache_index_BT) -> int:
+  def _check_inputs(self, tokens_BT, positions_BT, cache, cache_index_BT,
+                    write_cache: bool = True) -> int:
     """Validates shapes and returns S, the number of keys."""
     cfg = self.config
     if len(_shape(tokens_BT)) != 2:
@@ -100,14 +108,20 @@ class Transformer(nn.Module):
     if cache is None:
       if cache_index_BT is not None:
         raise ValueError('cache_index given without a cache')
+      if not write_cache:
+        raise ValueError('write_cache=False needs a cache to read')
       return t
-    if cache_index_BT is None:
+    if not write_cache:
+      if cache_index_BT is not None:
+        raise ValueError('write_cache=False reads the cache only: pass no cache_index '
+                         '(write the returned entries with write_entries)')
+    elif cache_index_BT is None:
       raise ValueError('a cache needs cache_index [B, T]: the cache entries '
                        'the new tokens are written to')
-    if _shape(cache_index_BT) != (b, t):
+    elif _shape(cache_index_BT) != (b, t):
       raise ValueError(f'cache_index has shape {_shape(cache_index_BT)}, '
                        f'expected {(b, t)}')
-    if not jnp.issubdtype(jnp.result_type(cache_index_BT), jnp.integer):
+    elif not jnp.issubdtype(jnp.result_type(cache_index_BT), jnp.integer):
       raise ValueError(
           f'cache_index must be integer, got {jnp.result_type(cache_index_BT)}')
     names = [f'layer_{i}' for i in range(cfg.num_layers)]
@@ -131,16 +145,17 @@ class Transformer(nn.Module):
             f'cache[{name!r}] has k {_shape(c.k)}, v {_shape(c.v)}, positions '
             f'{_shape(c.positions)}; expected k, v {kv_shape} and positions '
             f'{(b, s)}')
-    return s
+    return s if write_cache else s + t
 
   @nn.compact
   def __call__(self, tokens_BT, positions_BT, attention,
-               cache: Cache | None = None, cache_index=None, logits_index=None):
+               cache: Cache | None = None, cache_index=None, logits_index=None,
+               write_cache: bool = True):
     """See the module docstring; `logits_index` [B, U] (optional) computes the
     logits only at those token positions (e.g. the last prompt token of each
     row in a prefill), returning [B, U, V] instead of [B, T, V]."""
     cfg = self.config
-    s = self._check_inputs(tokens_BT, positions_BT, cache, cache_index)
+    s = self._check_inputs(tokens_BT, positions_BT, cache, cache_index, write_cache)
     b, t = _shape(tokens_BT)
     # With a cache, the mask's key axis is the cache as it is after this
     # call's writes: a new token sees itself (and earlier new tokens of its
@@ -159,7 +174,7 @@ class Transformer(nn.Module):
       name = f'layer_{i}'
       x_BTD, layer_cache = block_cls(cfg, attn_type, name=name)(
           x_BTD, positions_BT, mask_BTS,
-          None if cache is None else cache[name], cache_index)
+          None if cache is None else cache[name], cache_index, write_cache)
       if cache is not None:
         new_cache[name] = layer_cache
     if logits_index is not None:
@@ -188,6 +203,21 @@ def init_cache(config: TransformerConfig, batch: int, length: int,
           positions=jnp.zeros((batch, length), jnp.int32))
       for i in range(config.num_layers)
   }
+
+
+def write_entries(cache: Cache, entries: Cache, index_BT) -> Cache:
+  """Writes the new entries of a `write_cache=False` call into the cache.
+
+  `index_BT` [B, T] gives each new token's entry; an index outside [0, S) drops
+  the token (e.g. an idle decoding slot). Indices of one row must be distinct.
+  """
+  index_BT = jnp.asarray(index_BT, jnp.int32)
+  return {name: LayerCache(
+      k=layers.constrain(write_at(c.k, index_BT, entries[name].k), CACHE_KV_AXES),
+      v=layers.constrain(write_at(c.v, index_BT, entries[name].v), CACHE_KV_AXES),
+      positions=layers.constrain(write_at(c.positions, index_BT, entries[name].positions),
+                                 CACHE_POSITION_AXES))
+          for name, c in cache.items()}
 
 
 def cache_logical_axes(config: TransformerConfig) -> Cache:

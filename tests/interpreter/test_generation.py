@@ -61,6 +61,24 @@ def test_async_threads_are_identical_alone_or_together(tok, model):
   assert bodies[2] == bodies[4] == bodies[8]
 
 
+@pytest.mark.parametrize('sequential', [False, True], ids=['pasta', 'sequential'])
+def test_hoisted_weight_layouts_change_nothing(tok, model, sequential):
+  """The decode loop's transposed weights (hoist_layouts) are a layout change only."""
+  config, params = model
+  results = {}
+  for hoist in (False, True):
+    interp = Interpreter(config, params, tok, InterpreterConfig(
+        slots=1 if sequential else 4, max_threads=6, cache_size=192, max_steps=60,
+        sequential=sequential, record_logits=True, hoist_layouts=hoist))
+    results[hoist] = interp.generate(['a prompt', 'another one'], temperature=0.0,
+                                     logit_bias=None if sequential else control_bias(tok))
+  for a, b in zip(results[False], results[True]):
+    assert (a.ids, a.status, a.steps, a.timeline) == (b.ids, b.status, b.steps, b.timeline)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+  if not sequential:
+    assert any(len(r.threads) > 1 for r in results[True])
+
+
 def test_batch_equals_one_request_at_a_time(tok, model):
   config, params = model
   interp = Interpreter(config, params, tok, InterpreterConfig(

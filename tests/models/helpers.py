@@ -116,16 +116,30 @@ def forward(config, params, tokens, positions, attention):
   return np.asarray(logits)
 
 
+def read_only_apply(config):
+  """Like `jitted_apply`, but the cache is only read (`write_cache=False`) and the
+  new entries are written after the call, as the interpreter's switch does."""
+  model = transformer.Transformer(config)
+
+  def apply(params, tokens, positions, attention, cache, index):
+    logits, entries = model.apply({'params': params}, tokens, positions, attention,
+                                  cache, write_cache=False)
+    return logits, transformer.write_entries(cache, entries, index)
+  return jax.jit(apply)
+
+
 def decode(config, params, tokens, positions, meta, steps, slots, cache_length,
-           cache_dtype=jnp.float32):
+           cache_dtype=jnp.float32, read_only=False):
   """Decodes `tokens` [B, L] step by step through the cache.
 
   steps: list of index arrays [B, T_step] (token indices, -1 = idle slot);
   slots: [B, L] cache entry of each token. The key metadata of the cache is
   kept beside it (segment 0 = empty), as an interpreter would.
+  read_only: call the model with `write_cache=False` (keys: the cache before the
+  step, then the step's tokens) and write the returned entries afterwards.
   Returns the logits [B, L, V] of every decoded token (NaN where never decoded).
   """
-  apply = jitted_apply(config)
+  apply = (read_only_apply if read_only else jitted_apply)(config)
   b, length = tokens.shape
   cache = transformer.init_cache(config, b, cache_length, cache_dtype)
   key_meta = masks.AttentionMeta(*(np.zeros((b, cache_length), np.int32)
@@ -141,12 +155,18 @@ def decode(config, params, tokens, positions, meta, steps, slots, cache_length,
         idle, 0, np.take_along_axis(np.asarray(f), j, 1)) for f in meta))
     # Idle slots write to index cache_length: dropped by the model.
     index = np.where(idle, cache_length, np.take_along_axis(slots, j, 1))
+    # Keys of a read-only call: the cache as it is, then the step's tokens (idle
+    # slots in segment 0); of a writing call: the cache after the writes.
+    step_keys = masks.AttentionMeta(*(np.where(idle, 0, f) for f in query_meta))
+    keys_before = masks.AttentionMeta(*(np.concatenate([k, q], axis=1)
+                                        for k, q in zip(key_meta, step_keys)))
     for f_key, f_query in zip(key_meta, query_meta):
       rr, cc = np.nonzero(~idle)
       f_key[rr, index[rr, cc]] = f_query[rr, cc]
     logits, cache = apply(params, np.take_along_axis(tokens, j, 1),
                           np.take_along_axis(positions, j, 1),
-                          (query_meta, key_meta), cache, index)
+                          (query_meta, keys_before if read_only else key_meta), cache,
+                          index)
     logits = np.asarray(logits)
     rr, cc = np.nonzero(~idle)
     out[rr, step[rr, cc]] = logits[rr, cc]

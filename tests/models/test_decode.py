@@ -33,9 +33,12 @@ def test_token_by_token_decode_matches_forward(name):
   np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
 
 
-def test_interleaved_threads_decode_matches_training_forward():
+@pytest.mark.parametrize('read_only', [False, True], ids=['write', 'read_only'])
+def test_interleaved_threads_decode_matches_training_forward(read_only):
   """Several threads per step at interleaved cache entries, idle slots
-  dropped, windows from stored positions: the logits of the training layout."""
+  dropped, windows from stored positions: the logits of the training layout.
+  read_only: the model only reads the cache (keys = cache + the step's tokens)
+  and the entries are written after each call (the interpreter's switch)."""
   config = helpers.CONFIGS['gemma3']  # sliding windows of 3 positions
   params = helpers.params_for(config)
   meta1, positions1, steps = helpers.pasta_example()
@@ -51,7 +54,7 @@ def test_interleaved_threads_decode_matches_training_forward():
   slots[0, order] = np.arange(n)
   slots[1, order] = 17 - np.arange(n)
   decoded = helpers.decode(config, params, tokens, positions, meta, steps,
-                           slots, cache_length=18)
+                           slots, cache_length=18, read_only=read_only)
   np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
 
 
@@ -86,3 +89,26 @@ def test_logits_index_selects_positions():
   assert picked.shape == (B, 2, config.vocab_size)
   np.testing.assert_allclose(picked, np.take_along_axis(np.asarray(full), index[:, :, None], 1),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_read_only_cache_errors():
+  config = helpers.CONFIGS['gemma1_mqa']
+  params = helpers.params_for(config)
+  model = transformer.Transformer(config)
+  tokens = helpers.tokens_for(config, B, 2, seed=3)
+  positions = np.zeros((B, 2), np.int32)
+  cache = transformer.init_cache(config, B, S)
+  mask = np.ones((B, 2, S + 2), bool)
+  with pytest.raises(ValueError, match='pass no cache_index'):
+    model.apply({'params': params}, tokens, positions, mask, cache,
+                np.zeros((B, 2), np.int32), write_cache=False)
+  with pytest.raises(ValueError, match='needs a cache'):
+    model.apply({'params': params}, tokens, positions, mask[:, :, :2], write_cache=False)
+  # The key axis of a read-only call is S + T.
+  with pytest.raises(ValueError, match='attention mask has shape'):
+    model.apply({'params': params}, tokens, positions, mask[:, :, :S], cache,
+                write_cache=False)
+  logits, entries = model.apply({'params': params}, tokens, positions, mask, cache,
+                                write_cache=False)
+  assert logits.shape == (B, 2, config.vocab_size)
+  assert entries['layer_0'].k.shape == (B, 2, config.num_kv_heads, config.head_dim)
