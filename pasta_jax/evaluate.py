@@ -1,4 +1,4 @@
-r"""Evaluate a PASTA model against its sequential baseline.
+r"""Evaluate PASTA models against their sequential baseline.
 
   python -m pasta_jax.evaluate --pasta workdir/synth_pasta \
       --sequential workdir/synth_sequential --out workdir/eval
@@ -9,16 +9,28 @@ per family), table.md (printed too), pareto.png (quality against speedup),
 speedups.png (per-prompt speedup distribution), timeline.png (which thread wrote
 which token in which round, for one answer), and alpaca_eval_{pasta,sequential}.json
 (AlpacaEval's model-outputs format, for a judge elsewhere).
+
+Several PASTA runs (e.g. the position-strategy ablation) are compared in one pass:
+
+  python -m pasta_jax.evaluate \
+      --pasta predicted=workdir/synth_pasta,fixed=workdir/synth_fixed,oracle=workdir/synth_oracle \
+      --sequential workdir/synth_sequential --out workdir/ablation
+
+The baseline decodes each prompt once and every PASTA run decodes it right after.
+Each run gets the outputs above in --out/NAME; --out itself gets comparison.md (one
+row per run, printed too) and pareto.png (one point per run).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
-_PASTA = flags.DEFINE_string('pasta', None, 'Workdir of the PASTA training run.')
+_PASTA = flags.DEFINE_list(
+    'pasta', None, 'Workdir(s) of PASTA training runs: DIR or NAME=DIR, comma separated.')
 _SEQUENTIAL = flags.DEFINE_string('sequential', None, 'Workdir of the sequential run.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split to evaluate on.')
@@ -29,22 +41,57 @@ _CACHE_SIZE = flags.DEFINE_integer(
     'cache_size', None, 'KV-cache entries per request (default: the run config).')
 
 
+def parse_runs(values: Sequence[str]) -> dict[str, str]:
+  """['a=DIR', 'DIR2'] -> {'a': 'DIR', basename(DIR2): 'DIR2'}; names must be unique."""
+  runs = {}
+  for value in values:
+    name, sep, path = value.partition('=')
+    if not sep:
+      name, path = os.path.basename(os.path.normpath(value)), value
+    if not name or not path:
+      raise app.UsageError(f'--pasta entry {value!r}: expected DIR or NAME=DIR')
+    if name in runs:
+      raise app.UsageError(f'--pasta: two runs are named {name!r}; name them NAME=DIR')
+    runs[name] = path
+  return runs
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not (_PASTA.value and _SEQUENTIAL.value and _OUT.value):
     raise app.UsageError('--pasta, --sequential and --out are required')
+  runs = parse_runs(_PASTA.value)
   from pasta_jax import evaluation  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import inputs  # pylint: disable=g-import-not-at-top
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
                                  ('cache_size', _CACHE_SIZE.value)) if v is not None}
-  pasta, baseline, run = evaluation.load_pair(_PASTA.value, _SEQUENTIAL.value, **overrides)
-  source = inputs.data_sources(run.config.data, [_SPLIT.value])[_SPLIT.value]
-  rows = evaluation.evaluate(pasta, baseline, source, num_prompts=_NUM_PROMPTS.value,
-                             progress=evaluation.print_progress)
-  summary = evaluation.summarize(rows)
-  paths = evaluation.write_outputs(rows, summary, _OUT.value)
-  print(evaluation.markdown_table(summary))
+  pastas, baseline, pasta_runs = evaluation.load_runs(list(runs.values()), _SEQUENTIAL.value,
+                                                      **overrides)
+  source = inputs.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
+  rows = evaluation.evaluate_many(dict(zip(runs, pastas)), baseline, source,
+                                  num_prompts=_NUM_PROMPTS.value,
+                                  progress=evaluation.print_progress)
+  summaries = {name: evaluation.summarize(rows[name]) for name in runs}
+  if len(runs) == 1:
+    summary = summaries[next(iter(runs))]
+    paths = evaluation.write_outputs(rows[next(iter(runs))], summary, _OUT.value)
+    print(evaluation.markdown_table(summary))
+  else:
+    paths = {}
+    for name in runs:
+      out = os.path.join(_OUT.value, name)
+      evaluation.write_outputs(rows[name], summaries[name], out)
+      print(f'\n{name}:\n{evaluation.markdown_table(summaries[name])}')
+      paths[name] = out
+    settings = {name: evaluation.position_setting(run, interp)
+                for name, run, interp in zip(runs, pasta_runs, pastas)}
+    table = evaluation.comparison_table(summaries, settings)
+    paths['comparison'] = os.path.join(_OUT.value, 'comparison.md')
+    with open(paths['comparison'], 'w', encoding='utf-8') as f:
+      f.write(table + '\n')
+    paths['pareto'] = evaluation.pareto_plot(summaries, os.path.join(_OUT.value, 'pareto.png'))
+    print('\n' + table)
   print('\n' + '\n'.join(f'{name}: {path}' for name, path in paths.items()))
 
 

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -117,34 +117,88 @@ def evaluate(pasta, baseline, source, *, num_prompts: int | None = None, progres
     num_prompts: the first N records (None: all).
     progress: optional callable(done, total).
   """
+  return evaluate_many({'pasta': pasta}, baseline, source, num_prompts=num_prompts,
+                       progress=progress)['pasta']
+
+
+def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
+                  num_prompts: int | None = None, progress=None
+                  ) -> dict[str, list[PromptResult]]:
+  """`evaluate` for several PASTA interpreters (e.g. one per position strategy).
+
+  The baseline decodes each prompt once; every PASTA interpreter decodes it right
+  after, so all timings of a prompt are taken side by side.
+  """
   total = len(source) if num_prompts is None else min(num_prompts, len(source))
   warmed: set[tuple[int, int]] = set()
-  rows = []
+  rows: dict[str, list[PromptResult]] = {name: [] for name in pastas}
+
+  def timed(interp, prompt):
+    ids = encoding.encode_prompt(prompt, interp.tokenizer, interp.template)
+    key = (id(interp), interp.bucket(len(ids)))
+    if key not in warmed:  # compile this bucket outside the timing
+      interp.generate_timed(ids)
+      warmed.add(key)
+    return interp.generate_timed(ids)
+
   for i in range(total):
     record = source[i]
     prompt = tfds_builders.decode_text(record['prompt'])
     family = tfds_builders.decode_text(record['family'])
     facts = tfds_builders.decode_text(record['facts'])
-    timed = {}
-    for name, interp in (('baseline', baseline), ('pasta', pasta)):
-      ids = encoding.encode_prompt(prompt, interp.tokenizer, interp.template)
-      key = (id(interp), interp.bucket(len(ids)))
-      if key not in warmed:  # compile this bucket outside the timing
-        interp.generate_timed(ids)
-        warmed.add(key)
-      timed[name] = interp.generate_timed(ids)
-    (base, base_s), (result, pasta_s) = timed['baseline'], timed['pasta']
-    rows.append(PromptResult(
-        prompt=prompt, family=family, baseline_text=base.text,
-        baseline_quality=_check(family, facts, base.text),
-        baseline_tokens=base.total_tokens, baseline_seconds=base_s,
-        pasta_text=result.text, pasta_annotated=result.annotated,
-        pasta_quality=_check(family, facts, result.text), pasta_tokens=result.total_tokens,
-        pasta_steps=result.steps, pasta_seconds=pasta_s, pasta_status=result.status,
-        baseline_status=base.status, timeline=[list(t) for t in result.timeline]))
+    base, base_s = timed(baseline, prompt)
+    for name, pasta in pastas.items():
+      result, pasta_s = timed(pasta, prompt)
+      rows[name].append(PromptResult(
+          prompt=prompt, family=family, baseline_text=base.text,
+          baseline_quality=_check(family, facts, base.text),
+          baseline_tokens=base.total_tokens, baseline_seconds=base_s,
+          pasta_text=result.text, pasta_annotated=result.annotated,
+          pasta_quality=_check(family, facts, result.text), pasta_tokens=result.total_tokens,
+          pasta_steps=result.steps, pasta_seconds=pasta_s, pasta_status=result.status,
+          baseline_status=base.status, timeline=[list(t) for t in result.timeline]))
     if progress is not None:
       progress(i + 1, total)
   return rows
+
+
+def comparison_table(summaries: Mapping[str, dict], settings: Mapping[str, str]) -> str:
+  """One row per PASTA run (overall numbers): the ablation view."""
+  lines = ['| run | setting | quality: sequential | quality: PASTA | theoretical speedup '
+           '| wall-clock speedup | realised / theoretical | parallelism |', '|' + '---|' * 8]
+  for name, summary in summaries.items():
+    s = summary['all']
+    lines.append(
+        f'| {name} | {settings.get(name, "")} | {s["baseline_quality"]:.1f} | '
+        f'{s["pasta_quality"]:.1f} | {s["theoretical_speedup"]:.2f}x | '
+        f'{s["wallclock_speedup"]:.2f}x | {s["realised_over_theoretical"]:.2f} | '
+        f'{s["parallelism"]:.2f} |')
+  return '\n'.join(lines)
+
+
+def pareto_plot(summaries: Mapping[str, dict], path: str) -> str:
+  """Quality against wall-clock speedup, one point per PASTA run, plus the baseline."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(6, 4.5))
+  first = next(iter(summaries.values()))['all']
+  ax.scatter([1.0], [first['baseline_quality']], s=80, marker='s', label='sequential')
+  for name, summary in summaries.items():
+    s = summary['all']
+    ax.scatter([s['wallclock_speedup']], [s['pasta_quality']], s=80, label=name)
+    ax.annotate(f'{s["theoretical_speedup"]:.2f}x theoretical',
+                (s['wallclock_speedup'], s['pasta_quality']), fontsize=7,
+                xytext=(4, -10), textcoords='offset points')
+  ax.set_xlabel('wall-clock speedup over the sequential model (geometric mean)')
+  ax.set_ylabel('quality (checker score, %)')
+  ax.set_title('Quality against speedup, one point per run')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
 
 
 def alpaca_eval_outputs(rows: Sequence[PromptResult], generator: str, *,
@@ -249,17 +303,34 @@ def print_progress(done: int, total: int, stream=sys.stderr) -> None:
 
 def load_pair(pasta_workdir: str, baseline_workdir: str, **overrides) -> tuple[Any, Any, Any]:
   """Interpreters for a PASTA run and its sequential baseline run, and the PASTA run."""
+  pastas, baseline, runs = load_runs([pasta_workdir], baseline_workdir, **overrides)
+  return pastas[0], baseline, runs[0]
+
+
+def load_runs(pasta_workdirs: Sequence[str], baseline_workdir: str, **overrides
+              ) -> tuple[list[Any], Any, list[Any]]:
+  """Interpreters for PASTA runs and their sequential baseline, and the PASTA runs."""
   from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  pasta_run = checkpointing.load_run(pasta_workdir)
+  pasta_runs = [checkpointing.load_run(workdir) for workdir in pasta_workdirs]
   base_run = checkpointing.load_run(baseline_workdir)
-  if pasta_run.config.data.get('mode', 'pasta') != 'pasta':
-    raise ValueError(f'{pasta_workdir} was trained in mode '
-                     f'{pasta_run.config.data.mode!r}; expected a PASTA run')
+  for workdir, run in zip(pasta_workdirs, pasta_runs):
+    if run.config.data.get('mode', 'pasta') != 'pasta':
+      raise ValueError(f'{workdir} was trained in mode {run.config.data.mode!r}; '
+                       'expected a PASTA run')
   if base_run.config.data.get('mode') != 'sequential':
     raise ValueError(f'{baseline_workdir} was trained in mode '
                      f'{base_run.config.data.get("mode")!r}; expected a sequential run')
-  pasta = Interpreter.from_run(pasta_run, **overrides)
+  pastas = [Interpreter.from_run(run, **overrides) for run in pasta_runs]
   baseline = Interpreter.from_run(base_run, **{k: v for k, v in overrides.items()
                                                if k not in ('slots', 'max_threads')})
-  return pasta, baseline, pasta_run
+  return pastas, baseline, pasta_runs
+
+
+def position_setting(run, interp) -> str:
+  """How a run places positions: in training, and in the interpreter."""
+  trained = run.config.data.get('position_strategy', 'predicted')
+  decoded = interp.config.position_strategy
+  if decoded == 'fixed':
+    decoded = f'fixed ({interp.config.fixed_reserve})'
+  return f'trained {trained}, decoded {decoded}'

@@ -77,6 +77,72 @@ def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
   assert table.splitlines()[0].startswith('| family | prompts |') and '| all | 4 |' in table
 
 
+def test_several_runs_are_compared_side_by_side(runs, tmp_path):
+  pasta_dir, seq_dir, _ = runs
+  pastas, baseline, pasta_runs = evaluation.load_runs(
+      [pasta_dir, pasta_dir], seq_dir, max_steps=32, cache_size=256)
+  source = inputs.data_sources(pasta_runs[0].config.data, ['test'])['test']
+  rows = evaluation.evaluate_many({'a': pastas[0], 'b': pastas[1]}, baseline, source,
+                                  num_prompts=3)
+  assert set(rows) == {'a', 'b'} and len(rows['a']) == len(rows['b']) == 3
+  # The baseline decodes each prompt once: both runs carry the same measurement.
+  assert [r.baseline_seconds for r in rows['a']] == [r.baseline_seconds for r in rows['b']]
+  # The same weights decode the same answers (greedy).
+  assert [r.pasta_text for r in rows['a']] == [r.pasta_text for r in rows['b']]
+  summaries = {name: evaluation.summarize(rows[name]) for name in rows}
+  settings = {'a': evaluation.position_setting(pasta_runs[0], pastas[0]), 'b': 'x'}
+  assert settings['a'] == 'trained predicted, decoded predicted'
+  table = evaluation.comparison_table(summaries, settings).splitlines()
+  assert table[0].startswith('| run | setting |') and len(table) == 4
+  assert table[2].startswith('| a | trained predicted, decoded predicted | ')
+  path = evaluation.pareto_plot(summaries, str(tmp_path / 'pareto.png'))
+  with open(path, 'rb') as f:
+    assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+def test_end_to_end_short(runs, tmp_path):
+  """The README's main command, shortened: the evaluate CLI on two trained runs (the
+  training half is the `runs` fixture: the same training loop the train CLI runs)."""
+  pasta_dir, seq_dir, _ = runs
+  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  out = tmp_path / 'eval'
+  result = subprocess.run(
+      [sys.executable, '-m', 'pasta_jax.evaluate', f'--pasta={pasta_dir}',
+       f'--sequential={seq_dir}', f'--out={out}', '--num_prompts=3', '--max_steps=32',
+       '--cache_size=256'],
+      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| family | prompts |' in result.stdout and '| all | 3 |' in result.stdout
+  for name in ('results.json', 'table.md', 'pareto.png', 'speedups.png', 'timeline.png',
+               'alpaca_eval_pasta.json', 'alpaca_eval_sequential.json'):
+    assert (out / name).stat().st_size > 0, name
+  # Two runs: a comparison table and one output directory per run.
+  result = subprocess.run(
+      [sys.executable, '-m', 'pasta_jax.evaluate', f'--pasta=one={pasta_dir},two={pasta_dir}',
+       f'--sequential={seq_dir}', f'--out={out}2', '--num_prompts=2', '--max_steps=32',
+       '--cache_size=256'],
+      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| run | setting |' in result.stdout
+  assert (tmp_path / 'eval2' / 'comparison.md').read_text().count('| one |') == 1
+  assert (tmp_path / 'eval2' / 'two' / 'results.json').stat().st_size > 0
+  # A sequential run passed as PASTA is refused with the reason.
+  result = subprocess.run(
+      [sys.executable, '-m', 'pasta_jax.evaluate', f'--pasta={seq_dir}',
+       f'--sequential={seq_dir}', f'--out={out}3'],
+      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  assert result.returncode != 0 and 'expected a PASTA run' in result.stderr
+
+
+def test_run_names():
+  from pasta_jax import evaluate as cli
+  assert cli.parse_runs(['a=/x/y', '/p/q/']) == {'a': '/x/y', 'q': '/p/q/'}
+  with pytest.raises(Exception, match='two runs are named'):
+    cli.parse_runs(['/a/run', '/b/run'])
+  with pytest.raises(Exception, match='expected DIR or NAME=DIR'):
+    cli.parse_runs(['=/x'])
+
+
 def test_summary_aggregates_by_hand():
   rows = [evaluation.PromptResult('p', 'f', 'b', 1.0, 10, 2.0, 'x', None, 0.5, 12, 5, 1.0,
                                   'done', 'done'),

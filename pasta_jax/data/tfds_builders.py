@@ -59,8 +59,13 @@ class PastaSynthConfig(tfds.core.BuilderConfig):
 class PastaSynth(tfds.core.GeneratorBasedBuilder):
   """The synthetic PASTA benchmark (docs/benchmark.md), generated offline."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Families reverse_join, list_ops, sequential, mixed.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'Families reverse_join, list_ops, sequential, mixed.',
+      '1.1.0': ('4-8 parts per parallel answer; short post-sync summaries (reverse_join: '
+                'the first letters, mixed: the last number); mixed: a header instead of '
+                'sorting; sequential: one count (count N from X) instead of count-to and sort.'),
+  }
   BUILDER_CONFIGS = [
       PastaSynthConfig(name='default', description='The full benchmark.'),
       PastaSynthConfig(name='tiny', description='A few hundred examples for tests.',

@@ -36,7 +36,8 @@ class InterpreterConfig:
     hoist_layouts: give the decode loop transposed copies of the weights it
       multiplies by their transpose (embedding table, q/kv projections, MLP
       gating), made once per generation (see `Engine._loop_layouts`). Faster
-      on CPU; costs the memory of those weights once more.
+      on CPU; costs the memory of those weights once more. None: on when the
+      default backend is the CPU.
   """
 
   slots: int = 8
@@ -51,7 +52,7 @@ class InterpreterConfig:
   top_k: int = 0
   use_top_p: bool = False
   record_logits: bool = False
-  hoist_layouts: bool = True
+  hoist_layouts: bool | None = None
 
   def __post_init__(self):
     if self.slots < 1:

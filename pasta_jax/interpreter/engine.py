@@ -120,18 +120,17 @@ class Engine:
     meta_q = masks.AttentionMeta(
         thread=jnp.zeros((b, t), jnp.int32), anchor=positions,
         visible_from=positions, order=positions, segment=valid_BT.astype(jnp.int32))
-    # Keys: the whole cache; only the prompt entries are written.
+    # The prompt attends to itself only ([T, T], not [T, cache]): the model reads an
+    # empty cache and returns the prompt's entries, written at 0..T-1.
     entry = jnp.arange(c_size, dtype=jnp.int32)
     written = entry[None, :] < prompt_len_B[:, None]
     entry_thread = jnp.where(written, 0, NO_THREAD).astype(jnp.int32)
     entry_clock = jnp.broadcast_to(entry, (b, c_size))
-    meta_k = masks.AttentionMeta(
-        thread=entry_thread, anchor=entry_clock, visible_from=entry_clock,
-        order=entry_clock, segment=written.astype(jnp.int32))
-    logits, cache = self.model.apply(
-        {'params': params}, prompt_BT, positions, (meta_q, meta_k), cache=cache,
-        cache_index=jnp.broadcast_to(index, (b, t)),
-        logits_index=(prompt_len_B - 1)[:, None])
+    empty = jax.tree.map(lambda x: x[:, :0], cache)
+    logits, entries = self.model.apply(
+        {'params': params}, prompt_BT, positions, (meta_q, meta_q), cache=empty,
+        logits_index=(prompt_len_B - 1)[:, None], write_cache=False)
+    cache = transformer.write_entries(cache, entries, jnp.broadcast_to(index, (b, t)))
     is_main = jnp.arange(s) == 0
     state = State(
         cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
@@ -165,17 +164,17 @@ class Engine:
 
   # -- one round -------------------------------------------------------------
 
-  def step(self, params, state: State, requests: Requests, hoisted: bool = False) -> State:
+  def step(self, params, state: State, requests: Requests, hoisted=None) -> State:
     """One decode round for every running request.
 
-    `hoisted`: `params` come from `_hoist` (the decode loop's weight layouts);
-    they are transposed back where the model reads them.
+    `hoisted`: optional `_hoist(params)`, the decode loop's weight layouts
+    (transposed back where the model reads them).
     """
     cfg, c = self.config, self.c
     state = state.replace(round=state.round + 1)
     if cfg.sequential:
-      return self._sequential_step(self._unhoist(params) if hoisted else params, state,
-                                   requests)
+      return self._sequential_step(
+          params if hoisted is None else self._unhoist(hoisted, params, 1), state, requests)
     state = self._start_queued(state)
     b, s = state.slot_token.shape
     is_main = jnp.arange(s) == 0
@@ -316,8 +315,9 @@ class Engine:
         cut = lambda x: x[:, :width]
         keys = masks.AttentionMeta(*(jnp.concatenate([c, cut(n)], axis=1)
                                      for c, n in zip(cache_meta, new_keys)))
+        weights = params if hoisted is None else self._unhoist(hoisted, params, width)
         logits, entries = self.model.apply(
-            {'params': self._unhoist(params) if hoisted else params}, cut(token), cut(pos),
+            {'params': weights}, cut(token), cut(pos),
             (masks.AttentionMeta(*(cut(a) for a in query)), keys),
             cache=cache, write_cache=False)
         full = jnp.zeros((b, s, logits.shape[-1]), logits.dtype)
@@ -459,12 +459,15 @@ class Engine:
     barrier; inside the loop `_unhoist` transposes them back, which XLA folds
     into the products (now x @ W with W's contracted axis major).
     """
-    if not self.config.hoist_layouts:
+    hoist = self.config.hoist_layouts
+    if not (jax.default_backend() == 'cpu' if hoist is None else hoist):
       return {}
     cfg = self.model.config
-    gating = (2, 0, 1) if cfg.transpose_gating_einsum else (1, 0, 2)
-    return {'input_embedding': (1, 0), 'gating_einsum': gating, 'q_einsum': (1, 0, 2),
-            'kv_einsum': (2, 0, 1, 3), 'qkv_einsum': (2, 0, 1, 3)}
+    perms = {'input_embedding': (1, 0), 'q_einsum': (1, 0, 2), 'kv_einsum': (2, 0, 1, 3),
+             'qkv_einsum': (2, 0, 1, 3)}
+    if cfg.transpose_gating_einsum:  # (2, F, D) -> (2, D, F)
+      perms['gating_einsum'] = (0, 2, 1)
+    return perms
 
   def _hoist(self, params):
     perms = self._loop_layouts()
@@ -474,13 +477,21 @@ class Engine:
       return x if perm is None else jax.lax.optimization_barrier(jnp.transpose(x, perm))
     return jax.tree_util.tree_map_with_path(hoist, params)
 
-  def _unhoist(self, hoisted):
+  def _unhoist(self, hoisted, params, width: int):
+    """The weights for a model call at `width` tokens per request.
+
+    A one-token call takes the MLP gating as stored (a matrix-vector product reads
+    it as fast either way, and the transposed copy makes XLA:CPU copy it back);
+    wider calls take every hoisted weight.
+    """
     perms = self._loop_layouts()
 
-    def unhoist(path, x):
-      perm = perms.get(getattr(path[-1], 'key', None))
-      return x if perm is None else jnp.transpose(x, np.argsort(perm))
-    return jax.tree_util.tree_map_with_path(unhoist, hoisted)
+    def unhoist(path, x, original):
+      name = getattr(path[-1], 'key', None)
+      if name not in perms or (width == 1 and name == 'gating_einsum'):
+        return original
+      return jnp.transpose(x, np.argsort(perms[name]))
+    return jax.tree_util.tree_map_with_path(unhoist, hoisted, params)
 
   def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache) -> State:
     """Prefill, then rounds until every request stops; all inside one program."""
@@ -491,7 +502,7 @@ class Engine:
 
     hoisted = self._hoist(params)
     state = jax.lax.while_loop(
-        cond, lambda st: self.step(hoisted, st, requests, hoisted=True), state)
+        cond, lambda st: self.step(params, st, requests, hoisted=hoisted), state)
     return state.replace(status=jnp.where(state.status == RUNNING, BUDGET, state.status))
 
 

@@ -213,18 +213,23 @@ class FeedForward(nn.Module):
     cfg = self.config
     d, f = cfg.embed_dim, cfg.hidden_dim
     if cfg.transpose_gating_einsum:
-      shape, axes, eqn = (2, f, d), (None, 'mlp', 'embed'), 'BTD,CFD->BTCF'
+      shape, axes, eqn = (2, f, d), (None, 'mlp', 'embed'), 'BTD,CFD->CBTF'
       init = layers.fan_in_init(2, 1, 0)
     else:
-      shape, axes, eqn = (2, d, f), (None, 'embed', 'mlp'), 'BTD,CDF->BTCF'
+      shape, axes, eqn = (2, d, f), (None, 'embed', 'mlp'), 'BTD,CDF->CBTF'
       init = layers.fan_in_init(1, 2, 0)
     gating = self.param('gating_einsum', nn.with_logical_partitioning(init, axes),
                         shape, jnp.dtype(cfg.param_dtype))
-    # Output [B, T, 2, F] (then split): with the token axes leading, XLA computes
-    # x @ W rather than the transposed W^T @ x^T, which is much slower on CPU at
-    # decode widths > 1.
-    gating_BTCF = jnp.einsum(eqn, x_BTD, gating.astype(cfg.dtype))
-    gate_BTF, up_BTF = gating_BTCF[:, :, 0], gating_BTCF[:, :, 1]
+    gating = gating.astype(cfg.dtype)
+    if x_BTD.shape[1] == 1:
+      # One token (decoding): one matrix-vector product over both halves.
+      gate_BTF, up_BTF = jnp.einsum(eqn, x_BTD, gating)
+    else:
+      # A product batched over (gate, up), x broadcast: the same arithmetic, but
+      # XLA:CPU then runs two F-wide products, several times faster at decode
+      # widths (T = 2..8) than one 2F-wide product.
+      gate_BTF, up_BTF = jnp.einsum('C' + eqn, jnp.broadcast_to(x_BTD, (2, *x_BTD.shape)),
+                                    gating)
     hidden_BTF = nn.gelu(gate_BTF, approximate=True) * up_BTF
     hidden_BTF = layers.constrain(hidden_BTF, ('batch', 'length', 'mlp'))
     linear = self.param(
