@@ -73,9 +73,11 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
   engine = interp.engine
 
   @jax.jit
-  def run(state):
-    return jax.lax.fori_loop(0, rounds, lambda _, st: engine.step(interp.params, st, requests),
-                             state)
+  def run(params, state):
+    # As in Engine.generate: the loop reads the hoisted weight layouts.
+    hoisted = engine.hoist(params)  # pylint: disable=protected-access
+    return jax.lax.fori_loop(
+        0, rounds, lambda _, st: engine.step(params, st, requests, hoisted=hoisted), state)
 
   rows = []
   for k in range(1, slots + 1):
@@ -90,7 +92,7 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
         fork=state0.fork.at[:, 1:k].set(state0.clock[:, None]),
         n_threads=state0.n_threads + (k - 1), n_started=state0.n_started + (k - 1),
         in_topic=jnp.zeros_like(state0.in_topic))
-    seconds = _interleaved({'run': lambda: jax.block_until_ready(run(state).out_len)},
+    seconds = _interleaved({'run': lambda: jax.block_until_ready(run(interp.params, state).out_len)},
                            runs)['run'] / rounds
     rows.append((k, seconds * 1e3, k / seconds))
   return rows

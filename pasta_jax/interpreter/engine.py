@@ -167,7 +167,7 @@ class Engine:
   def step(self, params, state: State, requests: Requests, hoisted=None) -> State:
     """One decode round for every running request.
 
-    `hoisted`: optional `_hoist(params)`, the decode loop's weight layouts
+    `hoisted`: optional `hoist(params)`, the decode loop's weight layouts
     (transposed back where the model reads them).
     """
     cfg, c = self.config, self.c
@@ -455,7 +455,7 @@ class Engine:
     Each is a product that contracts the weight's minor axis (x @ W^T). XLA then
     either copies the transposed weight every round or runs a transposed
     product; both cost a visible share of a small model's decode step on CPU.
-    `_hoist` transposes these once, before the loop, behind an optimization
+    `hoist` transposes these once, before the loop, behind an optimization
     barrier; inside the loop `_unhoist` transposes them back, which XLA folds
     into the products (now x @ W with W's contracted axis major).
     """
@@ -469,13 +469,15 @@ class Engine:
       perms['gating_einsum'] = (0, 2, 1)
     return perms
 
-  def _hoist(self, params):
+  def hoist(self, params):
+    """The decode loop's copies of `params` in its layouts (see `_loop_layouts`);
+    `step(params, state, requests, hoisted=...)` reads them."""
     perms = self._loop_layouts()
 
-    def hoist(path, x):
+    def transposed(path, x):
       perm = perms.get(getattr(path[-1], 'key', None))
       return x if perm is None else jax.lax.optimization_barrier(jnp.transpose(x, perm))
-    return jax.tree_util.tree_map_with_path(hoist, params)
+    return jax.tree_util.tree_map_with_path(transposed, params)
 
   def _unhoist(self, hoisted, params, width: int):
     """The weights for a model call at `width` tokens per request.
@@ -500,7 +502,7 @@ class Engine:
     def cond(state):
       return jnp.any(state.status == RUNNING) & (state.round < self.config.max_steps)
 
-    hoisted = self._hoist(params)
+    hoisted = self.hoist(params)
     state = jax.lax.while_loop(
         cond, lambda st: self.step(params, st, requests, hoisted=hoisted), state)
     return state.replace(status=jnp.where(state.status == RUNNING, BUDGET, state.status))

@@ -80,13 +80,13 @@ def test_corrupted_answers_score_lower(family):
 
 
 def test_checker_partial_credit():
-  facts = {'words': ['cat', 'dog'], 'reversed': ['tac', 'god'], 'joined': 'tac-god'}
+  facts = {'words': ['cat', 'dog'], 'reversed': ['tac', 'god'], 'joined': 't-g'}
   good = ('a) cat spelled: c-a-t; reversed: t-a-c.\n'
-          'b) dog spelled: d-o-g; reversed: g-o-d.\njoined: tac-god')
+          'b) dog spelled: d-o-g; reversed: g-o-d.\njoined: t-g.')
   assert synthetic.check('reverse_join', facts, '2 words.\n' + good) == 1.0
   assert synthetic.check('reverse_join', facts, good) == pytest.approx(3 / 4)
   # Fields: the count (missing), two items (one right), the join (wrong).
-  half = good.replace('g-o-d', 'd-o-g').replace('tac-god', 'tac-dog')
+  half = good.replace('g-o-d', 'd-o-g').replace('t-g.', 't-d.')
   assert synthetic.check('reverse_join', json.dumps(facts), half) == pytest.approx(1 / 4)
   with pytest.raises(ValueError, match='unknown family'):
     synthetic.check('poetry', facts, good)
@@ -105,7 +105,7 @@ def test_list_ops_checker_reads_every_op():
 
 
 def test_mixed_checker():
-  facts = {'sorted': [3, 10], 'steps': 3, 'ends': [6, 13]}
-  answer = 'sorted: a) 3 b) 10\na) from 3: 4 5 6\nb) from 10: 11 12 13\nends: 6 13'
+  facts = {'numbers': [10, 3], 'steps': 3, 'last': 6}
+  answer = '2 numbers, 3 steps each.\na) from 10: 11 12 13\nb) from 3: 4 5 6\nlast: 6.'
   assert synthetic.check('mixed', facts, answer) == 1.0
-  assert synthetic.check('mixed', facts, answer.replace('ends: 6 13', 'ends: 6 12')) == 0.75
+  assert synthetic.check('mixed', facts, answer.replace('last: 6.', 'last: 13.')) == 0.75
