@@ -145,8 +145,10 @@ def test_remat_same_values_and_gradients():
 
   (value, grads), (value_r, grads_r) = loss(config), loss(remat)
   np.testing.assert_allclose(value, value_r, rtol=1e-6)
+  # Remat recomputes the forward inside the backward pass, where XLA may fuse and sum
+  # in another order: float32 rounding, up to ~2e-7 on gradients of order 1e-2.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
-                                                       atol=1e-7),
+                                                       atol=1e-6),
                grads, grads_r)
 
 

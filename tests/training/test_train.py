@@ -70,7 +70,7 @@ def test_run_directory_is_self_contained(trained):
   assert saved['model']['vocab_size'] == tokenizer_lib.Tokenizer.load(
       os.path.join(workdir, 'tokenizer.model')).vocab_size
   assert saved['optimizer']['lr'] == 3e-3 and saved['data']['mode'] == 'pasta'
-  assert saved['interpreter'] == {'slots': 8}
+  assert saved['interpreter'] == {'slots': 8, 'cache_size': 448}
 
 
 def test_load_run_restores_the_trained_params(trained, tfds_dir):
