@@ -100,37 +100,34 @@ def test_several_runs_are_compared_side_by_side(runs, tmp_path):
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
+def _evaluate_cli(*args):
+  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
+  return subprocess.run([sys.executable, '-m', 'pasta_jax.evaluate', *args],
+                        capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+
+
 def test_end_to_end_short(runs, tmp_path):
   """The README's main command, shortened: the evaluate CLI on two trained runs (the
   training half is the `runs` fixture: the same training loop the train CLI runs)."""
   pasta_dir, seq_dir, _ = runs
-  env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
   out = tmp_path / 'eval'
-  result = subprocess.run(
-      [sys.executable, '-m', 'pasta_jax.evaluate', f'--pasta={pasta_dir}',
-       f'--sequential={seq_dir}', f'--out={out}', '--num_prompts=3', '--max_steps=32',
-       '--cache_size=256'],
-      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  short = ['--max_steps=32', '--cache_size=256']
+  result = _evaluate_cli(f'--pasta={pasta_dir}', f'--sequential={seq_dir}', f'--out={out}',
+                         '--num_prompts=3', *short)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| family | prompts |' in result.stdout and '| all | 3 |' in result.stdout
   for name in ('results.json', 'table.md', 'pareto.png', 'speedups.png', 'timeline.png',
                'alpaca_eval_pasta.json', 'alpaca_eval_sequential.json'):
     assert (out / name).stat().st_size > 0, name
   # Two runs: a comparison table and one output directory per run.
-  result = subprocess.run(
-      [sys.executable, '-m', 'pasta_jax.evaluate', f'--pasta=one={pasta_dir},two={pasta_dir}',
-       f'--sequential={seq_dir}', f'--out={out}2', '--num_prompts=2', '--max_steps=32',
-       '--cache_size=256'],
-      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  result = _evaluate_cli(f'--pasta=one={pasta_dir},two={pasta_dir}', f'--sequential={seq_dir}',
+                         f'--out={out}2', '--num_prompts=2', *short)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| run | setting |' in result.stdout
   assert (tmp_path / 'eval2' / 'comparison.md').read_text().count('| one |') == 1
   assert (tmp_path / 'eval2' / 'two' / 'results.json').stat().st_size > 0
   # A sequential run passed as PASTA is refused with the reason.
-  result = subprocess.run(
-      [sys.executable, '-m', 'pasta_jax.evaluate', f'--pasta={seq_dir}',
-       f'--sequential={seq_dir}', f'--out={out}3'],
-      capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  result = _evaluate_cli(f'--pasta={seq_dir}', f'--sequential={seq_dir}', f'--out={out}3')
   assert result.returncode != 0 and 'expected a PASTA run' in result.stderr
 
 

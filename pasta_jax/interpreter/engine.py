@@ -449,30 +449,33 @@ class Engine:
 
   # -- the whole generation --------------------------------------------------
 
-  def _loop_layouts(self) -> dict[str, tuple[int, ...]]:
-    """Weights the decode loop reads transposed: name -> axis permutation.
+  def _loop_layouts(self, width: int) -> dict[str, tuple[int, ...]]:
+    """Weights a model call at `width` tokens per request reads transposed:
+    name -> axis permutation.
 
     Each is a product that contracts the weight's minor axis (x @ W^T). XLA then
     either copies the transposed weight every round or runs a transposed
     product; both cost a visible share of a small model's decode step on CPU.
     `hoist` transposes these once, before the loop, behind an optimization
     barrier; inside the loop `_unhoist` transposes them back, which XLA folds
-    into the products (now x @ W with W's contracted axis major).
+    into the products (now x @ W with W's contracted axis major). Gemma 2/3's
+    MLP gating is hoisted for wide calls only: a one-token call reads it as
+    stored (a matrix-vector product is as fast either way, and the transposed
+    copy makes XLA:CPU copy it back).
     """
     hoist = self.config.hoist_layouts
     if not (jax.default_backend() == 'cpu' if hoist is None else hoist):
       return {}
-    cfg = self.model.config
     perms = {'input_embedding': (1, 0), 'q_einsum': (1, 0, 2), 'kv_einsum': (2, 0, 1, 3),
              'qkv_einsum': (2, 0, 1, 3)}
-    if cfg.transpose_gating_einsum:  # (2, F, D) -> (2, D, F)
+    if width > 1 and self.model.config.transpose_gating_einsum:  # (2, F, D) -> (2, D, F)
       perms['gating_einsum'] = (0, 2, 1)
     return perms
 
   def hoist(self, params):
     """The decode loop's copies of `params` in its layouts (see `_loop_layouts`);
     `step(params, state, requests, hoisted=...)` reads them."""
-    perms = self._loop_layouts()
+    perms = self._loop_layouts(max(self.widths))
 
     def transposed(path, x):
       perm = perms.get(getattr(path[-1], 'key', None))
@@ -480,19 +483,12 @@ class Engine:
     return jax.tree_util.tree_map_with_path(transposed, params)
 
   def _unhoist(self, hoisted, params, width: int):
-    """The weights for a model call at `width` tokens per request.
-
-    A one-token call takes the MLP gating as stored (a matrix-vector product reads
-    it as fast either way, and the transposed copy makes XLA:CPU copy it back);
-    wider calls take every hoisted weight.
-    """
-    perms = self._loop_layouts()
+    """The weights for a model call at `width` tokens per request."""
+    perms = self._loop_layouts(width)
 
     def unhoist(path, x, original):
-      name = getattr(path[-1], 'key', None)
-      if name not in perms or (width == 1 and name == 'gating_einsum'):
-        return original
-      return jnp.transpose(x, np.argsort(perms[name]))
+      perm = perms.get(getattr(path[-1], 'key', None))
+      return original if perm is None else jnp.transpose(x, np.argsort(perm))
     return jax.tree_util.tree_map_with_path(unhoist, hoisted, params)
 
   def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache) -> State:
