@@ -39,6 +39,9 @@ _SLOTS = flags.DEFINE_integer('slots', None, 'PASTA thread slots (default: the r
 _MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Decode rounds per request.')
 _CACHE_SIZE = flags.DEFINE_integer(
     'cache_size', None, 'KV-cache entries per request (default: the run config).')
+_CACHE_STAGES = flags.DEFINE_list(
+    'cache_stages', None, 'Cache sizes the decode loop grows through before cache_size, '
+    'e.g. 128,256 (default: the run config); an empty value: the whole cache throughout.')
 
 
 def parse_runs(values: Sequence[str]) -> dict[str, str]:
@@ -66,6 +69,12 @@ def main(argv: Sequence[str]) -> None:
   from pasta_jax.training import inputs  # pylint: disable=g-import-not-at-top
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
                                  ('cache_size', _CACHE_SIZE.value)) if v is not None}
+  if _CACHE_STAGES.value is not None:
+    try:
+      overrides['cache_stages'] = tuple(int(v) for v in _CACHE_STAGES.value)
+    except ValueError as e:
+      raise app.UsageError(f'--cache_stages: expected integers, got {_CACHE_STAGES.value}'
+                           ) from e
   pastas, baseline, pasta_runs = evaluation.load_runs(list(runs.values()), _SEQUENTIAL.value,
                                                       **overrides)
   source = inputs.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]

@@ -3,9 +3,11 @@
 For every test prompt both models decode (batch 1, greedy, compile time excluded)
 through the interpreter; per prompt we keep the quality (the family's checker),
 the tokens, the PASTA rounds, the theoretical speedup (baseline tokens / PASTA
-rounds), the parallelism (PASTA tokens / rounds) and the wall-clock speedup
-(baseline decode time / PASTA decode time). Per family and overall: mean quality
-(points out of 100), geometric means of the speedups, and realised / theoretical.
+rounds), the parallelism (PASTA tokens / rounds), the wall-clock speedup
+(baseline decode time / PASTA decode time, PASTA.md section 6: the rounds after
+the prefill, which is timed apart) and the end-to-end speedup (prefill and decode
+together). Per family and overall: mean quality (points out of 100), geometric
+means of the speedups, and realised / theoretical (wall-clock / theoretical).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ class PromptResult:
   baseline_text: str
   baseline_quality: float
   baseline_tokens: int
-  baseline_seconds: float
+  baseline_decode_seconds: float
+  baseline_prefill_seconds: float
   pasta_text: str
   pasta_annotated: str | None
   pasta_quality: float
   pasta_tokens: int
   pasta_steps: int
-  pasta_seconds: float
+  pasta_decode_seconds: float
+  pasta_prefill_seconds: float
   pasta_status: str
   baseline_status: str
   timeline: list = dataclasses.field(default_factory=list)
@@ -51,7 +55,14 @@ class PromptResult:
 
   @property
   def wallclock_speedup(self) -> float:
-    return self.baseline_seconds / self.pasta_seconds
+    """Decode time of the baseline / of PASTA (the prefill excluded)."""
+    return self.baseline_decode_seconds / self.pasta_decode_seconds
+
+  @property
+  def end_to_end_speedup(self) -> float:
+    """The same with the prefill included."""
+    return ((self.baseline_prefill_seconds + self.baseline_decode_seconds)
+            / (self.pasta_prefill_seconds + self.pasta_decode_seconds))
 
   @property
   def parallelism(self) -> float:
@@ -82,6 +93,7 @@ def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
         'pasta_steps': float(np.mean([r.pasta_steps for r in group])),
         'theoretical_speedup': theoretical,
         'wallclock_speedup': wallclock,
+        'end_to_end_speedup': geomean([r.end_to_end_speedup for r in group]),
         'realised_over_theoretical': wallclock / theoretical,
         'parallelism': geomean([r.parallelism for r in group]),
     }
@@ -91,13 +103,14 @@ def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
   lines = ['| family | prompts | quality: sequential | quality: PASTA | tokens: seq / PASTA '
            '| PASTA rounds | theoretical speedup | wall-clock speedup | realised / theoretical '
-           '| parallelism |', '|' + '---|' * 10]
+           '| end-to-end speedup | parallelism |', '|' + '---|' * 11]
   for name, s in summary.items():
     lines.append(
         f'| {name} | {s["prompts"]} | {s["baseline_quality"]:.1f} | {s["pasta_quality"]:.1f} | '
         f'{s["baseline_tokens"]:.1f} / {s["pasta_tokens"]:.1f} | {s["pasta_steps"]:.1f} | '
         f'{s["theoretical_speedup"]:.2f}x | {s["wallclock_speedup"]:.2f}x | '
-        f'{s["realised_over_theoretical"]:.2f} | {s["parallelism"]:.2f} |')
+        f'{s["realised_over_theoretical"]:.2f} | {s["end_to_end_speedup"]:.2f}x | '
+        f'{s["parallelism"]:.2f} |')
   return '\n'.join(lines)
 
 
@@ -146,16 +159,18 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
     prompt = tfds_builders.decode_text(record['prompt'])
     family = tfds_builders.decode_text(record['family'])
     facts = tfds_builders.decode_text(record['facts'])
-    base, base_s = timed(baseline, prompt)
+    base, base_t = timed(baseline, prompt)
     for name, pasta in pastas.items():
-      result, pasta_s = timed(pasta, prompt)
+      result, pasta_t = timed(pasta, prompt)
       rows[name].append(PromptResult(
           prompt=prompt, family=family, baseline_text=base.text,
           baseline_quality=_check(family, facts, base.text),
-          baseline_tokens=base.total_tokens, baseline_seconds=base_s,
+          baseline_tokens=base.total_tokens, baseline_decode_seconds=base_t.decode_seconds,
+          baseline_prefill_seconds=base_t.prefill_seconds,
           pasta_text=result.text, pasta_annotated=result.annotated,
           pasta_quality=_check(family, facts, result.text), pasta_tokens=result.total_tokens,
-          pasta_steps=result.steps, pasta_seconds=pasta_s, pasta_status=result.status,
+          pasta_steps=result.steps, pasta_decode_seconds=pasta_t.decode_seconds,
+          pasta_prefill_seconds=pasta_t.prefill_seconds, pasta_status=result.status,
           baseline_status=base.status, timeline=[list(t) for t in result.timeline]))
     if progress is not None:
       progress(i + 1, total)
@@ -165,14 +180,15 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
 def comparison_table(summaries: Mapping[str, dict], settings: Mapping[str, str]) -> str:
   """One row per PASTA run (overall numbers): the ablation view."""
   lines = ['| run | setting | quality: sequential | quality: PASTA | theoretical speedup '
-           '| wall-clock speedup | realised / theoretical | parallelism |', '|' + '---|' * 8]
+           '| wall-clock speedup | realised / theoretical | end-to-end speedup | parallelism |',
+           '|' + '---|' * 9]
   for name, summary in summaries.items():
     s = summary['all']
     lines.append(
         f'| {name} | {settings.get(name, "")} | {s["baseline_quality"]:.1f} | '
         f'{s["pasta_quality"]:.1f} | {s["theoretical_speedup"]:.2f}x | '
         f'{s["wallclock_speedup"]:.2f}x | {s["realised_over_theoretical"]:.2f} | '
-        f'{s["parallelism"]:.2f} |')
+        f'{s["end_to_end_speedup"]:.2f}x | {s["parallelism"]:.2f} |')
   return '\n'.join(lines)
 
 
@@ -219,6 +235,7 @@ def write_outputs(rows: Sequence[PromptResult], summary: dict, out_dir: str, *,
                'prompts': [dict(dataclasses.asdict(r),
                                 theoretical_speedup=r.theoretical_speedup,
                                 wallclock_speedup=r.wallclock_speedup,
+                                end_to_end_speedup=r.end_to_end_speedup,
                                 parallelism=r.parallelism) for r in rows]}, f, indent=1)
   for name, is_baseline in ((names[0], False), (names[1], True)):
     path = os.path.join(out_dir, f'alpaca_eval_{name}.json')

@@ -52,7 +52,11 @@ def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
   assert progress[-1] == (4, 4) and len(rows) == 4
   for row in rows:
     assert 0.0 <= row.pasta_quality <= 1.0 and 0.0 <= row.baseline_quality <= 1.0
-    assert row.pasta_seconds > 0 and row.baseline_seconds > 0
+    assert row.pasta_decode_seconds > 0 and row.baseline_decode_seconds > 0
+    assert row.pasta_prefill_seconds > 0 and row.baseline_prefill_seconds > 0
+    assert row.end_to_end_speedup == pytest.approx(
+        (row.baseline_prefill_seconds + row.baseline_decode_seconds)
+        / (row.pasta_prefill_seconds + row.pasta_decode_seconds))
     assert row.theoretical_speedup == row.baseline_tokens / row.pasta_steps
     assert row.pasta_tokens == len(row.timeline)
   summary = evaluation.summarize(rows)
@@ -86,7 +90,8 @@ def test_several_runs_are_compared_side_by_side(runs, tmp_path):
                                   num_prompts=3)
   assert set(rows) == {'a', 'b'} and len(rows['a']) == len(rows['b']) == 3
   # The baseline decodes each prompt once: both runs carry the same measurement.
-  assert [r.baseline_seconds for r in rows['a']] == [r.baseline_seconds for r in rows['b']]
+  assert ([r.baseline_decode_seconds for r in rows['a']]
+          == [r.baseline_decode_seconds for r in rows['b']])
   # The same weights decode the same answers (greedy).
   assert [r.pasta_text for r in rows['a']] == [r.pasta_text for r in rows['b']]
   summaries = {name: evaluation.summarize(rows[name]) for name in rows}
@@ -141,14 +146,18 @@ def test_run_names():
 
 
 def test_summary_aggregates_by_hand():
-  rows = [evaluation.PromptResult('p', 'f', 'b', 1.0, 10, 2.0, 'x', None, 0.5, 12, 5, 1.0,
-                                  'done', 'done'),
-          evaluation.PromptResult('q', 'f', 'b', 0.0, 40, 8.0, 'y', None, 1.0, 44, 10, 2.0,
-                                  'done', 'done')]
+  # Fields: prompt, family, baseline text/quality/tokens/decode s/prefill s, PASTA
+  # text/annotated/quality/tokens/steps/decode s/prefill s, statuses.
+  rows = [evaluation.PromptResult('p', 'f', 'b', 1.0, 10, 2.0, 1.0, 'x', None, 0.5, 12, 5,
+                                  1.0, 1.0, 'done', 'done'),
+          evaluation.PromptResult('q', 'f', 'b', 0.0, 40, 8.0, 2.0, 'y', None, 1.0, 44, 10,
+                                  2.0, 3.0, 'done', 'done')]
   s = evaluation.summarize(rows)['f']
   assert s['baseline_quality'] == 50.0 and s['pasta_quality'] == 75.0
   assert s['theoretical_speedup'] == pytest.approx((2.0 * 4.0) ** 0.5)
+  # Wall-clock: decode times only (2/1 and 8/2); end to end: with the prefill.
   assert s['wallclock_speedup'] == pytest.approx((2.0 * 4.0) ** 0.5)
+  assert s['end_to_end_speedup'] == pytest.approx((3.0 / 2.0 * 10.0 / 5.0) ** 0.5)
   assert s['realised_over_theoretical'] == pytest.approx(1.0)
 
 

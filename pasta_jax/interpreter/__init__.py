@@ -9,7 +9,7 @@ cache, all threads decoded in lockstep inside one `lax.while_loop`.
 per-slot logit masks, `sampling` the samplers, `api` the host-level API.
 """
 
-from pasta_jax.interpreter.api import Interpreter, Result, ThreadSpan
+from pasta_jax.interpreter.api import Interpreter, Result, ThreadSpan, Timing
 from pasta_jax.interpreter.config import InterpreterConfig
 
-__all__ = ['Interpreter', 'InterpreterConfig', 'Result', 'ThreadSpan']
+__all__ = ['Interpreter', 'InterpreterConfig', 'Result', 'ThreadSpan', 'Timing']

@@ -36,6 +36,18 @@ DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
 
 @dataclasses.dataclass(frozen=True)
+class Timing:
+  """Seconds one request spent in the prefill and in the decode rounds."""
+
+  prefill_seconds: float
+  decode_seconds: float
+
+  @property
+  def seconds(self) -> float:
+    return self.prefill_seconds + self.decode_seconds
+
+
+@dataclasses.dataclass(frozen=True)
 class ThreadSpan:
   """What one thread wrote: its tokens and the rounds it sampled them in."""
 
@@ -135,7 +147,11 @@ class Interpreter:
                                     self.tables)
     self.compilations = 0  # traces of the whole-generation program
     self._generate = jax.jit(self._generate_fn)
-    self._prefill = jax.jit(self._prefill_fn)
+    self._prefill = jax.jit(self._prefill_fn, static_argnames='first_stage')
+    # The prefilled state is donated unless stages grow its cache (then its
+    # buffers have the wrong shapes to be reused).
+    self._decode = jax.jit(self.engine.decode,
+                           donate_argnums=() if config.cache_stages else (1,))
     self._step = jax.jit(self.engine.step, donate_argnums=(1,))
 
   @classmethod
@@ -195,9 +211,13 @@ class Interpreter:
     return self.engine.generate(params, prompt, prompt_len, requests,
                                 self._new_cache(prompt.shape[0]))
 
-  def _prefill_fn(self, params, prompt, prompt_len, requests):
-    return self.engine.prefill(params, prompt, prompt_len, requests,
-                               self._new_cache(prompt.shape[0]))
+  def _prefill_fn(self, params, prompt, prompt_len, requests, first_stage: bool = False):
+    """The prefill, into the whole cache (step mode) or into its first stage
+    (then `_decode` runs the rest, as `_generate` does in one program)."""
+    cache = self._new_cache(prompt.shape[0])
+    if first_stage:
+      cache = self.engine.first_stage(cache, prompt.shape[1])
+    return self.engine.prefill(params, prompt, prompt_len, requests, cache)
 
   # -- inputs ------------------------------------------------------------------
 
@@ -286,11 +306,12 @@ class Interpreter:
     return results
 
   def generate_timed(self, prompt_ids: np.ndarray, *, seed: int = 0,
-                     temperature: float = 0.0) -> tuple[Result, float]:
-    """One request (batch 1) and the seconds its generation program ran.
+                     temperature: float = 0.0) -> tuple[Result, Timing]:
+    """One request (batch 1) and the seconds its prefill and its decode ran.
 
-    The time covers the jitted generation (prefill and every round, up to the
-    results being ready on the device), not tokenization or result assembly. The
+    The prefill and the decode rounds run as two jitted programs (the same
+    computation `generate` runs as one), each timed up to its results being
+    ready on the device; tokenization and result assembly are not timed. The
     first call for a prompt bucket compiles; call once untimed to warm up.
     """
     if self._batch_split != 1:
@@ -300,9 +321,13 @@ class Interpreter:
     requests = self._requests(1, [seed], temperature, 1.0, None)
     with self._context():
       start = time.perf_counter()
-      state = jax.block_until_ready(self._generate(self.params, prompt, lengths, requests))
-      seconds = time.perf_counter() - start
-    return self.results(state)[0], seconds
+      state = jax.block_until_ready(
+          self._prefill(self.params, prompt, lengths, requests, first_stage=True))
+      prefilled = time.perf_counter()
+      state = jax.block_until_ready(self._decode(self.params, state, requests))
+      done = time.perf_counter()
+    return self.results(state)[0], Timing(prefill_seconds=prefilled - start,
+                                          decode_seconds=done - prefilled)
 
   def stream(self, prompt: str, *, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0, logit_bias: dict[int, float] | None = None

@@ -38,6 +38,13 @@ class InterpreterConfig:
       gating), made once per generation (see `Engine._loop_layouts`). Faster
       on CPU; costs the memory of those weights once more. None: on when the
       default backend is the CPU.
+    cache_stages: cache sizes the decode loop grows through before
+      `cache_size`, e.g. (128, 256). Decode attention reads every entry of the
+      cache it is given, written or not; with stages a generation starts on the
+      smallest stage that holds its prompt and moves to the next (padding the
+      cache, once) when a round might not fit, so short answers attend over
+      short caches. Each stage compiles its own decode loop (compile time grows
+      with their number). (): the whole cache from the first round.
   """
 
   slots: int = 8
@@ -53,6 +60,7 @@ class InterpreterConfig:
   use_top_p: bool = False
   record_logits: bool = False
   hoist_layouts: bool | None = None
+  cache_stages: tuple[int, ...] = ()
 
   def __post_init__(self):
     if self.slots < 1:
@@ -77,6 +85,21 @@ class InterpreterConfig:
     layout.reserved_positions(self.position_strategy, 0, 0, self.fixed_reserve)
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0, got {self.top_k}')
+    stages = tuple(self.cache_stages)  # a list from a config file is fine too
+    object.__setattr__(self, 'cache_stages', stages)
+    if any(not isinstance(n, int) or isinstance(n, bool) for n in stages):
+      raise ValueError(f'cache_stages must be integers, got {stages}')
+    if list(stages) != sorted(set(stages)):
+      raise ValueError(f'cache_stages must be strictly increasing, got {stages}')
+    if stages and (stages[0] <= self.slots or stages[-1] >= self.cache_size):
+      raise ValueError(
+          f'cache_stages {stages}: every stage must hold more than one round '
+          f'(> slots = {self.slots}) and be smaller than cache_size = {self.cache_size}')
+
+  @property
+  def stages(self) -> tuple[int, ...]:
+    """Cache sizes of the decode loop's stages, the last one `cache_size`."""
+    return self.cache_stages + (self.cache_size,)
 
   @property
   def log_size(self) -> int:

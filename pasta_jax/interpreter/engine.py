@@ -84,6 +84,11 @@ class State:
   out_len: jax.Array         # [B]
   out_logits: jax.Array      # [B, L, V] (record_logits) or [B, 0, V]
 
+  @property
+  def capacity(self) -> int:
+    """C, the cache entries of this state (a stage of `generate`, or cache_size)."""
+    return self.entry_thread.shape[1]
+
 
 @flax.struct.dataclass
 class Requests:
@@ -113,7 +118,9 @@ class Engine:
     """Writes the prompts into the cache and samples each first token (round 1)."""
     cfg = self.config
     b, t = prompt_BT.shape
-    c_size, s, p = cfg.cache_size, cfg.slots, self.num_thread_ids
+    # The cache may be a stage smaller than cache_size (see `generate`).
+    c_size = transformer.cache_length(cache)
+    s, p = cfg.slots, self.num_thread_ids
     index = jnp.arange(t, dtype=jnp.int32)
     valid_BT = index[None, :] < prompt_len_B[:, None]
     positions = jnp.broadcast_to(index, (b, t))
@@ -158,9 +165,14 @@ class Engine:
     fed = jnp.broadcast_to(is_main, (b, s))
     fed_token = jnp.zeros((b, s), jnp.int32).at[:, 0].set(
         jnp.take_along_axis(prompt_BT, (prompt_len_B - 1)[:, None], 1)[:, 0])
-    full_logits = jnp.zeros((b, s, logits.shape[-1]), logits.dtype).at[:, 0].set(
-        logits[:, 0])
-    return self._sample_and_advance(state, full_logits, fed, fed_token, requests)
+    main = jnp.zeros((b, 1), jnp.int32)
+    token = jnp.zeros((b, s), jnp.int32).at[:, :1].set(
+        self._sample(state, logits, main, requests))
+    full_logits = None
+    if cfg.record_logits:
+      full_logits = jnp.zeros((b, s, logits.shape[-1]), logits.dtype).at[:, 0].set(
+          logits[:, 0])
+    return self._advance(state, token, full_logits, fed, fed_token, requests)
 
   # -- one round -------------------------------------------------------------
 
@@ -185,13 +197,14 @@ class Engine:
     sync_waits = (state.slot_token[:, 0] == c.sync) & outstanding
     fed = state.slot_ready & running[:, None] & ~(is_main & sync_waits[:, None])
     n_fed = fed.sum(axis=1)
-    full = running & (state.ptr + n_fed > cfg.cache_size)
+    capacity = state.capacity
+    full = running & (state.ptr + n_fed > capacity)
     fed &= ~full[:, None]
     state = state.replace(status=jnp.where(full, CACHE_FULL, state.status))
 
     # Cache entries for this round's tokens, consecutive in slot order.
     index = jnp.where(fed, state.ptr[:, None] + jnp.cumsum(fed, axis=1) - 1,
-                      cfg.cache_size).astype(jnp.int32)
+                      capacity).astype(jnp.int32)
     main_fed = fed[:, 0]
     # A <sync/> fed now joins every thread created so far at its own clock.
     joins = main_fed & (state.slot_token[:, 0] == c.sync)
@@ -208,7 +221,7 @@ class Engine:
     cache_meta = masks.AttentionMeta(
         thread=state.entry_thread, anchor=state.entry_clock,
         visible_from=visible_from(state.entry_thread, state.entry_clock),
-        order=jnp.broadcast_to(jnp.arange(cfg.cache_size, dtype=jnp.int32),
+        order=jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32),
                                state.entry_thread.shape),
         segment=(state.entry_thread != NO_THREAD).astype(jnp.int32))
     new_meta = masks.AttentionMeta(
@@ -218,13 +231,15 @@ class Engine:
     query_meta = masks.AttentionMeta(
         thread=slot_thread, anchor=query_clock, visible_from=query_clock, order=index,
         segment=fed.astype(jnp.int32))
-    logits, cache = self._forward(params, hoisted, state.cache, state.slot_token,
-                                  state.slot_pos, query_meta, cache_meta, new_meta, index, fed)
+    sample = lambda logits_BWV, slots_BW: self._sample(state, logits_BWV, slots_BW, requests)
+    token, logits, cache = self._forward(params, hoisted, state.cache, state.slot_token,
+                                         state.slot_pos, query_meta, cache_meta, new_meta,
+                                         index, fed, sample)
     entry_thread = _scatter(state.entry_thread, index, state.slot_thread)
     entry_clock = _scatter(state.entry_clock, index, query_clock)
     state = state.replace(cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
                           ptr=state.ptr + fed.sum(axis=1), join=join)
-    return self._sample_and_advance(state, logits, fed, state.slot_token, requests)
+    return self._advance(state, token, logits, fed, state.slot_token, requests)
 
   def _sequential_step(self, params, state: State, requests: Requests) -> State:
     """`step` for the sequential decoder (S = 1, no tags), without thread bookkeeping.
@@ -236,10 +251,11 @@ class Engine:
     cfg = self.config
     running = state.status == RUNNING
     fed = state.slot_ready[:, 0] & running
-    full = fed & (state.ptr + 1 > cfg.cache_size)
+    capacity = state.capacity
+    full = fed & (state.ptr + 1 > capacity)
     fed &= ~full
-    index = jnp.where(fed, state.ptr, cfg.cache_size)[:, None].astype(jnp.int32)
-    entries = jnp.broadcast_to(jnp.arange(cfg.cache_size, dtype=jnp.int32),
+    index = jnp.where(fed, state.ptr, capacity)[:, None].astype(jnp.int32)
+    entries = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32),
                                state.entry_clock.shape)
     written = entries < (state.ptr + fed)[:, None]
     zeros_k, zeros_q = jnp.zeros_like(entries), jnp.zeros_like(index)
@@ -286,29 +302,36 @@ class Engine:
         out_len=state.out_len + fed, out_logits=out_logits)
 
   def _forward(self, params, hoisted, cache, token_BS, pos_BS, query_meta, cache_meta,
-               new_meta, index_BS, fed_BS):
-    """The model over this round's fed tokens, at the narrowest width that fits.
+               new_meta, index_BS, fed_BS, sample):
+    """The model and the sampling over this round's fed tokens, at the narrowest
+    width that fits.
 
     The fed slots of each request are moved to the front, and `lax.switch` runs
     the model on the first w columns, w the smallest width in `widths` that holds
-    every request's fed slots; logits go back to their slots ([B, S, V]). So a
-    round with one running thread costs about what a one-slot decoder pays,
-    while shapes stay fixed (one compiled branch per width). The branches only
-    read the cache (`write_cache=False`: keys = the cache, then the fed tokens)
-    and return the new entries, written after the switch: a cache that went
-    through the conditional would be copied into and out of it every round.
-    Hoisted weights are transposed back inside each branch, where XLA folds the
-    transposes into the products.
+    every request's fed slots, then `sample(logits [B, w, V], slots [B, w])` on
+    them; the sampled tokens go back to their slots ([B, S], columns not run hold
+    0; they are not fed, so nothing reads them). So a round with one running
+    thread costs about what a one-slot decoder pays, grammar and sampling
+    included, while shapes stay fixed (one compiled branch per width). The
+    branches only read the cache (`write_cache=False`: keys = the cache, then the
+    fed tokens) and return the new entries, written after the switch: a cache
+    that went through the conditional would be copied into and out of it every
+    round. Hoisted weights are transposed back inside each branch, where XLA
+    folds the transposes into the products.
+
+    Returns the tokens [B, S], the logits [B, S, V] (record_logits; else None)
+    and the cache.
     """
     b, s = token_BS.shape
     widths = self.widths
     # Fed slots first, in slot order (a stable sort on ~fed).
-    perm = jnp.argsort(~fed_BS, axis=1, stable=True)
+    perm = jnp.argsort(~fed_BS, axis=1, stable=True).astype(jnp.int32)
     take = lambda x: jnp.take_along_axis(x, perm, axis=1)
     token, pos, index = take(token_BS), take(pos_BS), take(index_BS)
     query = masks.AttentionMeta(*(take(a) for a in query_meta))
     new_keys = masks.AttentionMeta(*(take(a) for a in new_meta))
     rows = jnp.arange(b)[:, None]
+    record = self.config.record_logits
 
     def run(width):
       def branch(cache):
@@ -320,20 +343,24 @@ class Engine:
             {'params': weights}, cut(token), cut(pos),
             (masks.AttentionMeta(*(cut(a) for a in query)), keys),
             cache=cache, write_cache=False)
-        full = jnp.zeros((b, s, logits.shape[-1]), logits.dtype)
+        slots = cut(perm)
+        sampled = jnp.zeros((b, s), jnp.int32).at[rows, slots].set(sample(logits, slots))
+        full = None
+        if record:
+          full = jnp.zeros((b, s, logits.shape[-1]), logits.dtype).at[rows, slots].set(logits)
         # Entries of the columns past `width` are zeros; their slots are not fed,
         # so their index drops them.
         pad = lambda x: jnp.pad(x, [(0, 0), (0, s - width)] + [(0, 0)] * (x.ndim - 2))
-        return full.at[rows, perm[:, :width]].set(logits), jax.tree.map(pad, entries)
+        return sampled, full, jax.tree.map(pad, entries)
       return branch
 
     if len(widths) == 1:
-      logits, entries = run(widths[0])(cache)
+      sampled, logits, entries = run(widths[0])(cache)
     else:
       needed = jnp.max(fed_BS.sum(axis=1))
       branch = jnp.searchsorted(jnp.asarray(widths), needed)
-      logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
-    return logits, transformer.write_entries(cache, entries, index)
+      sampled, logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
+    return sampled, logits, transformer.write_entries(cache, entries, index)
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -360,20 +387,28 @@ class Engine:
 
   # -- sampling and the state machine ----------------------------------------
 
-  def _sample_and_advance(self, state: State, logits_BSV, fed, fed_token,
-                          requests: Requests) -> State:
+  def _sample(self, state: State, logits_BWV, slots_BW, requests: Requests):
+    """Tokens [B, W] sampled from the logits of the slots `slots_BW` under the
+    grammar (W <= S: the slots a round ran, see `_forward`)."""
+    cfg = self.config
+    allowed = grammar.allowed_tokens(
+        self.tables, is_main=slots_BW == 0, in_topic=state.in_topic,
+        topic_len=state.topic_len, can_promise=state.n_threads < cfg.max_threads,
+        body_len=jnp.take_along_axis(state.slot_count, slots_BW, axis=1),
+        max_topic_tokens=cfg.max_topic_tokens, max_thread_tokens=cfg.max_thread_tokens,
+        sequential=cfg.sequential)
+    biased = logits_BWV + requests.logit_bias[:, None, :]
+    return sampling.sample(biased, allowed, requests.keys, state.round,
+                           requests.temperature, requests.top_p, top_k=cfg.top_k,
+                           use_top_p=cfg.use_top_p, slot_ids_BS=slots_BW)
+
+  def _advance(self, state: State, token, logits_BSV, fed, fed_token,
+               requests: Requests) -> State:
+    """The state machine after a round: `token` [B, S] sampled per slot (read
+    where a slot fed), `logits_BSV` their logits (record_logits; else None)."""
     cfg, c, tables = self.config, self.c, self.tables
     b, s = fed.shape
     is_main = jnp.broadcast_to(jnp.arange(s) == 0, (b, s))
-    allowed = grammar.allowed_tokens(
-        tables, is_main=is_main, in_topic=state.in_topic, topic_len=state.topic_len,
-        can_promise=state.n_threads < cfg.max_threads, body_len=state.slot_count,
-        max_topic_tokens=cfg.max_topic_tokens, max_thread_tokens=cfg.max_thread_tokens,
-        sequential=cfg.sequential)
-    biased = logits_BSV + requests.logit_bias[:, None, :]
-    token = sampling.sample(biased, allowed, requests.keys, state.round,
-                            requests.temperature, requests.top_p, top_k=cfg.top_k,
-                            use_top_p=cfg.use_top_p)
     slot_thread = jnp.maximum(state.slot_thread, 0)
     # Teacher forcing (tests, replay): the forced token of the slot's thread.
     forced_len = requests.forced.shape[-1]
@@ -492,16 +527,58 @@ class Engine:
     return jax.tree_util.tree_map_with_path(unhoist, hoisted, params)
 
   def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache) -> State:
-    """Prefill, then rounds until every request stops; all inside one program."""
+    """Prefill, then rounds until every request stops (`decode`); one program.
+
+    `cache` is `init_cache(..., cache_size)`; the prefill writes the prompts into
+    the first cache stage that holds them (see `decode`).
+    """
+    cache = self.first_stage(cache, prompt_BT.shape[1])
     state = self.prefill(params, prompt_BT, prompt_len_B, requests, cache)
+    return self.decode(params, state, requests)
 
-    def cond(state):
-      return jnp.any(state.status == RUNNING) & (state.round < self.config.max_steps)
+  def first_stage(self, cache, prompt_length: int):
+    """`cache` cut to the first stage that holds a prompt of `prompt_length`."""
+    first = next(n for n in self.config.stages if n >= prompt_length)
+    return jax.tree.map(lambda x: x[:, :first], cache)
 
+  def decode(self, params, state: State, requests: Requests) -> State:
+    """The decode rounds of a prefilled state, until every request stops.
+
+    The rounds run in stages (`InterpreterConfig.stages`): a stage's loop holds
+    a cache of its own size, so attention reads no more entries than that; it
+    ends when a round might not fit, and the next stage pads the cache (once).
+    Requests still running after max_steps rounds end with status BUDGET.
+    """
+    cfg = self.config
     hoisted = self.hoist(params)
-    state = jax.lax.while_loop(
-        cond, lambda st: self.step(params, st, requests, hoisted=hoisted), state)
+    body = lambda st: self.step(params, st, requests, hoisted=hoisted)
+    for size in (n for n in cfg.stages if n >= state.capacity):
+      state = self.grow(state, size)
+      last = size == cfg.cache_size
+
+      def cond(state, last=last):
+        running = state.status == RUNNING
+        go = jnp.any(running) & (state.round < cfg.max_steps)
+        if not last:  # every running request has room for a full round
+          go &= jnp.all(~running | (state.ptr + cfg.slots <= state.capacity))
+        return go
+
+      state = jax.lax.while_loop(cond, body, state)
     return state.replace(status=jnp.where(state.status == RUNNING, BUDGET, state.status))
+
+  def grow(self, state: State, size: int) -> State:
+    """The state with its cache padded to `size` entries (empty, invisible)."""
+    old = state.capacity
+    if size == old:
+      return state
+    b = state.ptr.shape[0]
+    return state.replace(
+        cache=transformer.grow_cache(state.cache, size),
+        entry_thread=jnp.pad(state.entry_thread, [(0, 0), (0, size - old)],
+                             constant_values=NO_THREAD),
+        entry_clock=jnp.concatenate(
+            [state.entry_clock,
+             jnp.broadcast_to(jnp.arange(old, size, dtype=jnp.int32), (b, size - old))], 1))
 
 
 def _scatter(array_BN, index_BS, values_BS):

@@ -10,12 +10,13 @@ NEG_INF = -jnp.inf
 
 def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
            round_: jax.Array, temperature_B: jax.Array, top_p_B: jax.Array, *,
-           top_k: int, use_top_p: bool) -> jax.Array:
+           top_k: int, use_top_p: bool, slot_ids_BS: jax.Array | None = None) -> jax.Array:
   """Next token per slot, int32 [B, S].
 
   Disallowed tokens get probability 0 (the grammar); temperature 0 is greedy.
   The randomness of request b, slot s at a round depends only on (keys[b], round,
-  s), so a request samples the same tokens alone or in any batch.
+  slot_ids[b, s]) (default: s), so a request samples the same tokens alone or in
+  any batch, and whichever subset of its slots is sampled.
   """
   logits = jnp.where(allowed_BSV, logits_BSV.astype(jnp.float32), NEG_INF)
   greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -28,14 +29,15 @@ def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
       scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
     if use_top_p:
       scaled = _top_p(scaled, top_p_B[:, None, None])
-    slots = scaled.shape[1]
+    ids = (jnp.broadcast_to(jnp.arange(scaled.shape[1]), scaled.shape[:2])
+           if slot_ids_BS is None else slot_ids_BS)
 
-    def one(key, row_SV):
+    def one(key, row_SV, ids_S):
       key = jax.random.fold_in(key, round_)
-      keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(jnp.arange(slots))
+      keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(ids_S)
       return jax.vmap(jax.random.categorical)(keys, row_SV)
 
-    sampled = jax.vmap(one)(keys_B, scaled).astype(jnp.int32)
+    sampled = jax.vmap(one)(keys_B, scaled, ids).astype(jnp.int32)
     return jnp.where(temperature > 0, sampled, greedy)
 
   # An all-greedy batch skips drawing random numbers over the vocabulary.

@@ -16,14 +16,15 @@ from pasta_jax.models.config import (CPU_PRESETS, PRESETS, PUBLIC_PRESETS,
                                      get_config)
 from pasta_jax.models.modules import LayerCache
 from pasta_jax.models.transformer import (Transformer, attention_mask,
-                                          cache_logical_axes, count_params,
+                                          cache_length, cache_logical_axes,
+                                          count_params, grow_cache,
                                           init_cache, init_params,
                                           logical_axes, param_shapes,
                                           write_entries)
 
 __all__ = [
     'AttentionType', 'CPU_PRESETS', 'LayerCache', 'PRESETS', 'PUBLIC_PRESETS',
-    'Transformer', 'TransformerConfig', 'attention_mask', 'cache_logical_axes',
-    'count_params', 'get_config', 'init_cache', 'init_params', 'logical_axes',
+    'Transformer', 'TransformerConfig', 'attention_mask', 'cache_length',
+    'cache_logical_axes', 'count_params', 'get_config', 'grow_cache', 'init_cache', 'init_params', 'logical_axes',
     'param_shapes', 'write_entries',
 ]

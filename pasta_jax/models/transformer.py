@@ -220,6 +220,26 @@ def write_entries(cache: Cache, entries: Cache, index_BT) -> Cache:
           for name, c in cache.items()}
 
 
+def cache_length(cache: Cache) -> int:
+  """Entries per batch row of a cache (`init_cache`'s `length`)."""
+  lengths = {c.positions.shape[1] for c in cache.values()}
+  if len(lengths) != 1:
+    raise ValueError(f'cache layers disagree on the number of entries: {sorted(lengths)}')
+  return lengths.pop()
+
+
+def grow_cache(cache: Cache, length: int) -> Cache:
+  """The cache with empty entries (zeros) appended up to `length` per row."""
+  old = cache_length(cache)
+  if length < old:
+    raise ValueError(f'grow_cache: the cache has {old} entries, more than length={length}')
+  pad = lambda x: jnp.pad(x, [(0, 0), (0, length - old)] + [(0, 0)] * (x.ndim - 2))
+  return {name: LayerCache(k=layers.constrain(pad(c.k), CACHE_KV_AXES),
+                           v=layers.constrain(pad(c.v), CACHE_KV_AXES),
+                           positions=layers.constrain(pad(c.positions), CACHE_POSITION_AXES))
+          for name, c in cache.items()}
+
+
 def cache_logical_axes(config: TransformerConfig) -> Cache:
   """Logical PartitionSpecs of the cache, structured like `init_cache`'s."""
   kv = PartitionSpec(*CACHE_KV_AXES)

@@ -79,6 +79,47 @@ def test_hoisted_weight_layouts_change_nothing(tok, model, sequential):
     assert any(len(r.threads) > 1 for r in results[True])
 
 
+@pytest.mark.parametrize('sequential', [False, True], ids=['pasta', 'sequential'])
+def test_cache_stages_change_nothing(tok, model, sequential):
+  """Decoding through growing cache stages equals decoding on the whole cache."""
+  config, params = model
+  prompts = ['a prompt', 'another, rather longer prompt than the first one']
+  bias = {tok.eos_id: -100.0} if sequential else {**control_bias(tok), tok.eos_id: -100.0}
+  results = {}
+  for stages in ((), (40, 64, 100)):
+    interp = Interpreter(config, params, tok, InterpreterConfig(
+        slots=1 if sequential else 4, max_threads=6, cache_size=160, max_steps=200,
+        sequential=sequential, record_logits=True, cache_stages=stages))
+    assert interp.config.stages == stages + (160,)
+    results[stages] = interp.generate(prompts, temperature=0.0, logit_bias=bias)
+  for a, b in zip(results[()], results[(40, 64, 100)]):
+    assert (a.ids, a.status, a.steps, a.timeline) == (b.ids, b.status, b.steps, b.timeline)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+  # The answers ran through every stage and out of the last one.
+  assert {r.status for r in results[()]} == {'cache_full'}
+  if not sequential:
+    assert any(len(r.threads) > 1 for r in results[()])
+
+
+def test_generate_timed_times_prefill_and_decode_apart(tok, model):
+  config, params = model
+  interp = Interpreter(config, params, tok, InterpreterConfig(
+      slots=3, max_threads=4, cache_size=128, max_steps=40, cache_stages=(48,)))
+  ids = prompt_ids(tok, 'time me')
+  result, timing = interp.generate_timed(ids)
+  assert timing.prefill_seconds > 0 and timing.decode_seconds > 0
+  assert timing.seconds == timing.prefill_seconds + timing.decode_seconds
+  # Two programs (prefill into the first stage, then the rounds) give what the
+  # one-program generate gives.
+  expected = interp.generate_ids([ids])[0]
+  assert (result.ids, result.status, result.steps, result.timeline) == (
+      expected.ids, expected.status, expected.steps, expected.timeline)
+  prompt, lengths = interp._pad([ids])
+  state = interp._prefill(interp.params, prompt, lengths,
+                          interp._requests(1, [0], 0.0, 1.0, None), first_stage=True)
+  assert state.capacity == 48 and state.cache['layer_0'].k.shape[1] == 48
+
+
 def test_batch_equals_one_request_at_a_time(tok, model):
   config, params = model
   interp = Interpreter(config, params, tok, InterpreterConfig(
@@ -185,7 +226,18 @@ def test_stream_matches_generate(tok, model):
     (dict(position_strategy='oracle'), 'oracle'),
     (dict(position_strategy='guess'), 'unknown position strategy'),
     (dict(max_threads=0), 'max_threads'),
+    (dict(cache_size=256, cache_stages=(128, 64)), 'strictly increasing'),
+    (dict(cache_size=256, cache_stages=(64, 64)), 'strictly increasing'),
+    (dict(cache_size=256, cache_stages=(64, 256)), 'smaller than cache_size = 256'),
+    (dict(slots=8, cache_size=256, cache_stages=(8, 64)), 'more than one round'),
+    (dict(cache_size=256, cache_stages=(64.0,)), 'must be integers'),
 ])
 def test_config_errors(kwargs, problem):
   with pytest.raises(ValueError, match=problem):
     InterpreterConfig(**kwargs)
+
+
+def test_cache_stages_from_a_config_list():
+  config = InterpreterConfig(cache_size=256, cache_stages=[64, 128])
+  assert config.cache_stages == (64, 128) and config.stages == (64, 128, 256)
+  assert InterpreterConfig(cache_size=256).stages == (256,)

@@ -1,5 +1,6 @@
 """Cached decoding equals the full forward pass, wherever the cache entries go."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -112,3 +113,22 @@ def test_read_only_cache_errors():
                                 write_cache=False)
   assert logits.shape == (B, 2, config.vocab_size)
   assert entries['layer_0'].k.shape == (B, 2, config.num_kv_heads, config.head_dim)
+
+
+def test_grow_cache_appends_empty_entries():
+  config = helpers.CONFIGS['gemma1_mqa']
+  cache = transformer.init_cache(config, B, 4, np.float32)
+  filled = jax.tree.map(lambda x: x + 1, cache)
+  grown = transformer.grow_cache(filled, 7)
+  assert transformer.cache_length(grown) == 7
+  for name, layer in grown.items():
+    for old, new in zip(jax.tree.leaves(filled[name]), jax.tree.leaves(layer)):
+      assert new.shape[1] == 7 and new.dtype == old.dtype
+      np.testing.assert_array_equal(new[:, :4], old)
+      assert not np.asarray(new[:, 4:]).any()
+  assert transformer.grow_cache(filled, 4) is not None  # same length: allowed
+  with pytest.raises(ValueError, match='has 4 entries, more than length=3'):
+    transformer.grow_cache(filled, 3)
+  mixed = {**cache, 'layer_0': jax.tree.map(lambda x: x[:, :2], cache['layer_0'])}
+  with pytest.raises(ValueError, match='disagree on the number of entries: \\[2, 4\\]'):
+    transformer.cache_length(mixed)
