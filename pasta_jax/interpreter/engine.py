@@ -324,12 +324,23 @@ class Engine:
     """
     b, s = token_BS.shape
     widths = self.widths
-    # Fed slots first, in slot order (a stable sort on ~fed).
-    perm = jnp.argsort(~fed_BS, axis=1, stable=True).astype(jnp.int32)
-    take = lambda x: jnp.take_along_axis(x, perm, axis=1)
-    token, pos, index = take(token_BS), take(pos_BS), take(index_BS)
-    query = masks.AttentionMeta(*(take(a) for a in query_meta))
-    new_keys = masks.AttentionMeta(*(take(a) for a in new_meta))
+    # Fed slots first, in slot order: slot j goes to column rank[j], so column r
+    # holds the slot whose rank is r (a stable partition, without a sort).
+    fed_i = fed_BS.astype(jnp.int32)
+    n_fed = fed_i.sum(axis=1, keepdims=True)
+    rank = jnp.where(fed_BS, jnp.cumsum(fed_i, axis=1) - 1,
+                     n_fed + jnp.cumsum(1 - fed_i, axis=1) - 1)
+    slot_ids = jnp.arange(s, dtype=jnp.int32)
+    perm = jnp.sum(jnp.where(rank[:, None, :] == slot_ids[None, :, None], slot_ids, 0),
+                   axis=2)
+    # Every per-slot input in one gather.
+    inputs = jnp.stack([jnp.asarray(x, jnp.int32) for x in
+                        (token_BS, pos_BS, index_BS, *query_meta, *new_meta)], axis=-1)
+    columns = jnp.take_along_axis(inputs, perm[:, :, None], axis=1)
+    token, pos, index = columns[..., 0], columns[..., 1], columns[..., 2]
+    n_meta = len(query_meta)
+    query = masks.AttentionMeta(*(columns[..., 3 + i] for i in range(n_meta)))
+    new_keys = masks.AttentionMeta(*(columns[..., 3 + n_meta + i] for i in range(n_meta)))
     rows = jnp.arange(b)[:, None]
     record = self.config.record_logits
 
