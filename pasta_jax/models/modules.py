@@ -177,20 +177,22 @@ class Attention(nn.Module):
     # logits are joined before the softmax: the cache itself is never copied.
     k_parts = k_BSKH if isinstance(k_BSKH, tuple) else (k_BSKH,)
     v_parts = v_BSKH if isinstance(v_BSKH, tuple) else (v_BSKH,)
-    logits_BTKGS = jnp.concatenate(
-        [jnp.einsum('BTKGH,BSKH->BTKGS', q_BTKGH, part,
+    # Logits in the natural layout of the batched product (batch B, kv head K,
+    # then queries, then keys): no transposes around the softmax.
+    logits_BKTGS = jnp.concatenate(
+        [jnp.einsum('BTKGH,BSKH->BKTGS', q_BTKGH, part,
                     preferred_element_type=jnp.float32) for part in k_parts], axis=-1)
     # Soft-cap first, then mask (Gemma 2 order).
-    logits_BTKGS = layers.soft_cap(logits_BTKGS, cfg.attn_logits_soft_cap)
-    logits_BTKGS = jnp.where(mask_BTS[:, :, None, None, :], logits_BTKGS,
-                             K_MASK)
-    probs_BTKGS = jax.nn.softmax(logits_BTKGS, axis=-1).astype(v_parts[0].dtype)
-    encoded_BTKGH, start = 0, 0
+    logits_BKTGS = layers.soft_cap(logits_BKTGS, cfg.attn_logits_soft_cap)
+    logits_BKTGS = jnp.where(mask_BTS[:, None, :, None, :], logits_BKTGS, K_MASK)
+    probs_BKTGS = jax.nn.softmax(logits_BKTGS, axis=-1).astype(v_parts[0].dtype)
+    encoded_BKTGH, start = 0, 0
     for part in v_parts:
       size = part.shape[1]
-      encoded_BTKGH += jnp.einsum('BTKGS,BSKH->BTKGH',
-                                  probs_BTKGS[..., start:start + size], part)
+      encoded_BKTGH += jnp.einsum('BKTGS,BSKH->BKTGH',
+                                  probs_BKTGS[..., start:start + size], part)
       start += size
+    encoded_BTKGH = encoded_BKTGH.transpose(0, 2, 1, 3, 4)
     encoded_BTNH = layers.constrain(encoded_BTKGH.reshape(b, t, n, h),
                                     ('batch', 'length', 'heads', 'kv'))
     out_BTD = einsum((n, h, d), ('heads', 'head_dim', 'embed'),
