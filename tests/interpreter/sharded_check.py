@@ -4,6 +4,7 @@ Run by test_sharding.py in a fresh process (the device count must be set before
 JAX starts): python tests/interpreter/sharded_check.py
 """
 
+import dataclasses
 import os
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
@@ -50,6 +51,13 @@ def main():
     assert (a.ids, a.status, a.steps, a.timeline) == (b.ids, b.status, b.steps, b.timeline)
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
   assert [r.ids for r in odd] == [r.ids for r in single[:3]]
+  # Cache stages on the mesh: the cache grows from 48 entries to 96 mid-generation.
+  staged = Interpreter(config, params, tok, dataclasses.replace(icfg, cache_stages=(48,)),
+                       mesh=mesh).generate(prompts, temperature=1.0, seed=5, logit_bias=bias)
+  assert max(r.total_tokens for r in single) > 48
+  for a, b in zip(single, staged):
+    assert (a.ids, a.status, a.steps, a.timeline) == (b.ids, b.status, b.steps, b.timeline)
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
   print('sharded generation == single-device generation')
 
 
