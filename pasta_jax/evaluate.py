@@ -75,8 +75,11 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as e:
       raise app.UsageError(f'--cache_stages: expected integers, got {_CACHE_STAGES.value}'
                            ) from e
-  pastas, baseline, pasta_runs = evaluation.load_runs(list(runs.values()), _SEQUENTIAL.value,
-                                                      **overrides)
+  try:
+    pastas, baseline, pasta_runs = evaluation.load_runs(list(runs.values()),
+                                                        _SEQUENTIAL.value, **overrides)
+  except ValueError as e:  # a run of the wrong mode, or interpreter settings out of range
+    raise app.UsageError(str(e)) from e
   source = inputs.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
   rows = evaluation.evaluate_many(dict(zip(runs, pastas)), baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,

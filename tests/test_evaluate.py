@@ -134,6 +134,11 @@ def test_end_to_end_short(runs, tmp_path):
   # A sequential run passed as PASTA is refused with the reason.
   result = _evaluate_cli(f'--pasta={seq_dir}', f'--sequential={seq_dir}', f'--out={out}3')
   assert result.returncode != 0 and 'expected a PASTA run' in result.stderr
+  # Interpreter settings out of range: the reason, not a traceback.
+  result = _evaluate_cli(f'--pasta={pasta_dir}', f'--sequential={seq_dir}', f'--out={out}4',
+                         '--cache_size=256', '--cache_stages=300')
+  assert result.returncode != 0 and 'smaller than cache_size = 256' in result.stderr
+  assert 'Traceback' not in result.stderr
 
 
 def test_run_names():
