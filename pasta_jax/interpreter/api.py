@@ -152,6 +152,10 @@ class Interpreter:
     # buffers have the wrong shapes to be reused).
     self._decode = jax.jit(self.engine.decode,
                            donate_argnums=() if config.cache_stages else (1,))
+    # The decode loop's weight layouts (Engine.hoist), made on first use and
+    # kept for as long as `self.params` is the same object.
+    self._transpose = jax.jit(jnp.transpose, static_argnums=1)
+    self._hoisted = (None, None)
     self._step = jax.jit(self.engine.step, donate_argnums=(1,))
 
   @classmethod
@@ -206,10 +210,22 @@ class Interpreter:
   def _new_cache(self, batch: int):
     return transformer.init_cache(self.model_config, batch, self.config.cache_size)
 
-  def _generate_fn(self, params, prompt, prompt_len, requests):
+  def hoisted_params(self):
+    """`Engine.hoist(self.params)`: the weights the decode loop reads
+    transposed (CPU; see `InterpreterConfig.hoist_layouts`), made once and kept
+    while `self.params` is the same object. Making them in every generation
+    cost a PASTA decode on the tiny model about two rounds' time."""
+    params, hoisted = self._hoisted
+    if params is not self.params:
+      with self._context():
+        hoisted = self.engine.hoist(self.params, transpose=self._transpose)
+      self._hoisted = (self.params, hoisted)
+    return hoisted
+
+  def _generate_fn(self, params, prompt, prompt_len, requests, hoisted):
     self.compilations += 1  # runs only while tracing
     return self.engine.generate(params, prompt, prompt_len, requests,
-                                self._new_cache(prompt.shape[0]))
+                                self._new_cache(prompt.shape[0]), hoisted)
 
   def _prefill_fn(self, params, prompt, prompt_len, requests, first_stage: bool = False):
     """The prefill, into the whole cache (step mode) or into its first stage
@@ -301,7 +317,8 @@ class Interpreter:
                                 None if forced is None else np.asarray(forced)[chunk],
                                 logit_bias)
       with self._context():
-        state = self._generate(self.params, *self._shard((prompt, lengths, requests)))
+        state = self._generate(self.params, *self._shard((prompt, lengths, requests)),
+                               self.hoisted_params())
       results += self.results(state)[:real]
     return results
 
@@ -319,12 +336,13 @@ class Interpreter:
                        'batch-split mesh')
     prompt, lengths = self._pad([prompt_ids])
     requests = self._requests(1, [seed], temperature, 1.0, None)
+    hoisted = self.hoisted_params()  # made once per interpreter, like a compilation
     with self._context():
       start = time.perf_counter()
       state = jax.block_until_ready(
           self._prefill(self.params, prompt, lengths, requests, first_stage=True))
       prefilled = time.perf_counter()
-      state = jax.block_until_ready(self._decode(self.params, state, requests))
+      state = jax.block_until_ready(self._decode(self.params, state, requests, hoisted))
       done = time.perf_counter()
     return self.results(state)[0], Timing(prefill_seconds=prefilled - start,
                                           decode_seconds=done - prefilled)
@@ -357,7 +375,7 @@ class Interpreter:
       if int(state.status[0]) != engine_lib.RUNNING or int(state.round) >= self.config.max_steps:
         return
       with self._context():
-        state = self._step(self.params, state, requests)
+        state = self._step(self.params, state, requests, self.hoisted_params())
 
   # -- results -------------------------------------------------------------------
 

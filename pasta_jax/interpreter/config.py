@@ -35,7 +35,8 @@ class InterpreterConfig:
       replay test; memory B x cache_size x V).
     hoist_layouts: give the decode loop transposed copies of the weights it
       multiplies by their transpose (embedding table, q/kv projections, MLP
-      gating), made once per generation (see `Engine._loop_layouts`). Faster
+      gating; see `Engine._loop_layouts`). `Interpreter` makes them once and
+      keeps them between generations (`Interpreter.hoisted_params`). Faster
       on CPU; costs the memory of those weights once more. None: on when the
       default backend is the CPU.
     cache_stages: cache sizes the decode loop grows through before

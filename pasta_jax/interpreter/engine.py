@@ -521,14 +521,22 @@ class Engine:
       perms['gating_einsum'] = (0, 2, 1)
     return perms
 
-  def hoist(self, params):
+  def hoist(self, params, transpose=None):
     """The decode loop's copies of `params` in its layouts (see `_loop_layouts`);
-    `step(params, state, requests, hoisted=...)` reads them."""
+    `step(params, state, requests, hoisted=...)` and `decode` read them.
+
+    Leaves the loop reads as stored are `params`' own arrays. `transpose(x, perm)`
+    makes the others; the default, for use inside a program, keeps XLA from
+    folding the transpose back into the loop (`Interpreter` passes a jitted
+    transpose and keeps the result between generations).
+    """
     perms = self._loop_layouts(max(self.widths))
+    if transpose is None:
+      transpose = lambda x, perm: jax.lax.optimization_barrier(jnp.transpose(x, perm))
 
     def transposed(path, x):
       perm = perms.get(getattr(path[-1], 'key', None))
-      return x if perm is None else jax.lax.optimization_barrier(jnp.transpose(x, perm))
+      return x if perm is None else transpose(x, perm)
     return jax.tree_util.tree_map_with_path(transposed, params)
 
   def _unhoist(self, hoisted, params, width: int):
@@ -540,7 +548,8 @@ class Engine:
       return original if perm is None else jnp.transpose(x, np.argsort(perm))
     return jax.tree_util.tree_map_with_path(unhoist, hoisted, params)
 
-  def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache) -> State:
+  def generate(self, params, prompt_BT, prompt_len_B, requests: Requests, cache,
+               hoisted=None) -> State:
     """Prefill, then rounds until every request stops (`decode`); one program.
 
     `cache` is `init_cache(..., cache_size)`; the prefill writes the prompts into
@@ -548,23 +557,27 @@ class Engine:
     """
     cache = self.first_stage(cache, prompt_BT.shape[1])
     state = self.prefill(params, prompt_BT, prompt_len_B, requests, cache)
-    return self.decode(params, state, requests)
+    return self.decode(params, state, requests, hoisted)
 
   def first_stage(self, cache, prompt_length: int):
     """`cache` cut to the first stage that holds a prompt of `prompt_length`."""
     first = next(n for n in self.config.stages if n >= prompt_length)
     return jax.tree.map(lambda x: x[:, :first], cache)
 
-  def decode(self, params, state: State, requests: Requests) -> State:
+  def decode(self, params, state: State, requests: Requests, hoisted=None) -> State:
     """The decode rounds of a prefilled state, until every request stops.
 
     The rounds run in stages (`InterpreterConfig.stages`): a stage's loop holds
     a cache of its own size, so attention reads no more entries than that; it
     ends when a round might not fit, and the next stage pads the cache (once).
     Requests still running after max_steps rounds end with status BUDGET.
+    `hoisted` is `hoist(params)`, made here when not given (a caller that
+    decodes many times makes it once: the transposes cost about as much as a
+    few rounds of a small model).
     """
     cfg = self.config
-    hoisted = self.hoist(params)
+    if hoisted is None:
+      hoisted = self.hoist(params)
     body = lambda st: self.step(params, st, requests, hoisted=hoisted)
     for size in (n for n in cfg.stages if n >= state.capacity):
       state = self.grow(state, size)

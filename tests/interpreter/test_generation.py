@@ -2,6 +2,7 @@
 
 import collections
 
+import jax
 import numpy as np
 import pytest
 
@@ -77,6 +78,31 @@ def test_hoisted_weight_layouts_change_nothing(tok, model, sequential):
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-5)
   if not sequential:
     assert any(len(r.threads) > 1 for r in results[True])
+
+
+def test_hoisted_weights_are_made_once_per_params(tok, model):
+  """The transposed copies are kept between generations, share the untouched
+  leaves, and follow a change of `params`."""
+  config, params = model
+  icfg = InterpreterConfig(slots=4, max_threads=6, cache_size=128, max_steps=30,
+                           hoist_layouts=True, record_logits=True)
+  interp = Interpreter(config, params, tok, icfg)
+  hoisted = interp.hoisted_params()
+  assert interp.hoisted_params() is hoisted
+  embedding = params['embedder']['input_embedding']
+  np.testing.assert_array_equal(hoisted['embedder']['input_embedding'], np.asarray(embedding).T)
+  assert hoisted['final_norm']['scale'] is interp.params['final_norm']['scale']
+  first = interp.generate('a prompt', temperature=0.0)[0]
+  assert interp.hoisted_params() is hoisted
+  # New weights (a new object): new copies, and the answers of those weights.
+  scaled = models.init_params(config, jax.random.key(1))
+  interp.params = scaled
+  assert interp.hoisted_params() is not hoisted
+  fresh = Interpreter(config, scaled, tok, icfg).generate('a prompt', temperature=0.0)[0]
+  again = interp.generate('a prompt', temperature=0.0)[0]
+  assert (again.ids, again.timeline) == (fresh.ids, fresh.timeline)
+  np.testing.assert_allclose(again.logits, fresh.logits, rtol=1e-5, atol=1e-5)
+  assert not np.allclose(again.logits[0], first.logits[0], atol=1e-3)
 
 
 @pytest.mark.parametrize('sequential', [False, True], ids=['pasta', 'sequential'])
