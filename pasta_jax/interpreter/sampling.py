@@ -19,7 +19,7 @@ def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
   any batch, and whichever subset of its slots is sampled.
   """
   logits = jnp.where(allowed_BSV, logits_BSV.astype(jnp.float32), NEG_INF)
-  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  greedy = argmax(logits)
   temperature = temperature_B[:, None]
 
   def draw(_):
@@ -42,6 +42,20 @@ def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
 
   # An all-greedy batch skips drawing random numbers over the vocabulary.
   return jax.lax.cond(jnp.any(temperature_B > 0), draw, lambda _: greedy, None)
+
+
+def argmax(x: jax.Array) -> jax.Array:
+  """int32 index of the maximum over the last axis, the first one on ties, NaN
+  counting as the maximum: `jnp.argmax`'s result.
+
+  Computed as two plain reductions (the maximum, then the smallest index that
+  holds it): XLA:CPU runs `jnp.argmax`'s single (value, index) reduction 3-4x
+  slower, which was a visible share of a wide decode round.
+  """
+  top = jnp.max(x, axis=-1, keepdims=True)
+  is_top = (x == top) | jnp.isnan(x)
+  index = jnp.arange(x.shape[-1], dtype=jnp.int32)
+  return jnp.min(jnp.where(is_top, index, x.shape[-1] - 1), axis=-1)
 
 
 def _top_p(scaled: jax.Array, top_p: jax.Array) -> jax.Array:
