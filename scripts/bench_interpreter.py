@@ -143,7 +143,8 @@ def bench_sequential(config, params, tok, tokens, runs):
     padded, lengths = interp._pad([prompt])
     requests = interp._requests(1, [0], 0.0, 1.0, None, bias)
     return lambda: jax.block_until_ready(
-        interp._generate(interp.params, padded, lengths, requests).out_len)
+        interp._generate(interp.params, padded, lengths, requests,
+                         interp.hoisted_params()).out_len)
 
   fns = {'hand': lambda: jax.block_until_ready(hand(params)),
          'seq': interp_fn(seq, ban),
