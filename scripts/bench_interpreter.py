@@ -19,7 +19,6 @@ r"""Interpreter benchmarks; prints Markdown tables (numbers go to docs/benchmark
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import jax
@@ -94,9 +93,13 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
         n_threads=state0.n_threads + (k - 1), n_started=state0.n_started + (k - 1),
         in_topic=jnp.zeros_like(state0.in_topic))
     states[k] = state
+  hoisted = interp.hoisted_params()
+
+  def rounds_of(state):
+    return lambda: jax.block_until_ready(run(interp.params, hoisted, state).out_len)
+
   # Every k in each pass (the first timing of a process runs slow on this VM).
-  best = _interleaved({k: functools.partial(lambda st: jax.block_until_ready(
-      run(interp.params, interp.hoisted_params(), st).out_len), state) for k, state in states.items()}, runs)
+  best = _interleaved({k: rounds_of(state) for k, state in states.items()}, runs)
   return [(k, best[k] / rounds * 1e3, k * rounds / best[k]) for k in states]
 
 

@@ -25,6 +25,6 @@ from pasta_jax.models.transformer import (Transformer, attention_mask,
 __all__ = [
     'AttentionType', 'CPU_PRESETS', 'LayerCache', 'PRESETS', 'PUBLIC_PRESETS',
     'Transformer', 'TransformerConfig', 'attention_mask', 'cache_length',
-    'cache_logical_axes', 'count_params', 'get_config', 'grow_cache', 'init_cache', 'init_params', 'logical_axes',
-    'param_shapes', 'write_entries',
+    'cache_logical_axes', 'count_params', 'get_config', 'grow_cache', 'init_cache',
+    'init_params', 'logical_axes', 'param_shapes', 'write_entries',
 ]

@@ -126,7 +126,9 @@ def test_grow_cache_appends_empty_entries():
       assert new.shape[1] == 7 and new.dtype == old.dtype
       np.testing.assert_array_equal(new[:, :4], old)
       assert not np.asarray(new[:, 4:]).any()
-  assert transformer.grow_cache(filled, 4) is not None  # same length: allowed
+  same = transformer.grow_cache(filled, 4)  # the same length: allowed, nothing added
+  for old, new in zip(jax.tree.leaves(filled), jax.tree.leaves(same)):
+    np.testing.assert_array_equal(new, old)
   with pytest.raises(ValueError, match='has 4 entries, more than length=3'):
     transformer.grow_cache(filled, 3)
   mixed = {**cache, 'layer_0': jax.tree.map(lambda x: x[:, :2], cache['layer_0'])}
