@@ -285,8 +285,7 @@ class Interpreter:
     `logit_bias` {token id: value} is added to the logits before sampling (e.g. a
     positive bias on `tokenizer.control.promise` asks for more parallelism).
     """
-    single = isinstance(prompts, str)
-    prompts = [prompts] if single else list(prompts)
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids = self.encode_prompts(prompts)
     results = self.generate_ids(ids, temperature=temperature, top_p=top_p,
                                 seeds=[seed + i for i in range(len(ids))],
