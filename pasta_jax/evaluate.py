@@ -42,6 +42,10 @@ _CACHE_SIZE = flags.DEFINE_integer(
 _CACHE_STAGES = flags.DEFINE_list(
     'cache_stages', None, 'Cache sizes the decode loop grows through before cache_size, '
     'e.g. 128,256 (default: the run config); an empty value: the whole cache throughout.')
+_ROUND_WIDTHS = flags.DEFINE_list(
+    'round_widths', None, 'Query widths PASTA rounds are compiled for, e.g. 1,2,4,8 '
+    '(ending with the slot count) or 8 (every round runs all slots); default: the '
+    "backend's (InterpreterConfig.round_widths).")
 
 
 def parse_runs(values: Sequence[str]) -> dict[str, str]:
@@ -69,12 +73,12 @@ def main(argv: Sequence[str]) -> None:
   from pasta_jax.training import inputs  # pylint: disable=g-import-not-at-top
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
                                  ('cache_size', _CACHE_SIZE.value)) if v is not None}
-  if _CACHE_STAGES.value is not None:
-    try:
-      overrides['cache_stages'] = tuple(int(v) for v in _CACHE_STAGES.value)
-    except ValueError as e:
-      raise app.UsageError(f'--cache_stages: expected integers, got {_CACHE_STAGES.value}'
-                           ) from e
+  for flag in (_CACHE_STAGES, _ROUND_WIDTHS):
+    if flag.value is not None:
+      try:
+        overrides[flag.name] = tuple(int(v) for v in flag.value)
+      except ValueError as e:
+        raise app.UsageError(f'--{flag.name}: expected integers, got {flag.value}') from e
   try:
     pastas, baseline, pasta_runs = evaluation.load_runs(list(runs.values()),
                                                         _SEQUENTIAL.value, **overrides)

@@ -340,7 +340,8 @@ def load_runs(pasta_workdirs: Sequence[str], baseline_workdir: str, **overrides
                      f'{base_run.config.data.get("mode")!r}; expected a sequential run')
   pastas = [Interpreter.from_run(run, **overrides) for run in pasta_runs]
   baseline = Interpreter.from_run(base_run, **{k: v for k, v in overrides.items()
-                                               if k not in ('slots', 'max_threads')})
+                                               if k not in ('slots', 'max_threads',
+                                                            'round_widths')})
   return pastas, baseline, pasta_runs
 
 

@@ -124,9 +124,10 @@ def test_end_to_end_short(runs, tmp_path):
   for name in ('results.json', 'table.md', 'pareto.png', 'speedups.png', 'timeline.png',
                'alpaca_eval_pasta.json', 'alpaca_eval_sequential.json'):
     assert (out / name).stat().st_size > 0, name
-  # Two runs: a comparison table and one output directory per run.
+  # Two runs: a comparison table and one output directory per run. (Rounds that
+  # always run every slot, the accelerator default; the baseline keeps its one.)
   result = _evaluate_cli(f'--pasta=one={pasta_dir},two={pasta_dir}', f'--sequential={seq_dir}',
-                         f'--out={out}2', '--num_prompts=2', *short)
+                         f'--out={out}2', '--num_prompts=2', '--round_widths=8', *short)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '| run | setting |' in result.stdout
   assert (tmp_path / 'eval2' / 'comparison.md').read_text().count('| one |') == 1
@@ -138,6 +139,10 @@ def test_end_to_end_short(runs, tmp_path):
   result = _evaluate_cli(f'--pasta={pasta_dir}', f'--sequential={seq_dir}', f'--out={out}4',
                          '--cache_size=256', '--cache_stages=300')
   assert result.returncode != 0 and 'smaller than cache_size = 256' in result.stderr
+  assert 'Traceback' not in result.stderr
+  result = _evaluate_cli(f'--pasta={pasta_dir}', f'--sequential={seq_dir}', f'--out={out}5',
+                         '--round_widths=1,4')
+  assert result.returncode != 0 and 'end with slots = 8' in result.stderr
   assert 'Traceback' not in result.stderr
 
 

@@ -46,6 +46,15 @@ class InterpreterConfig:
       cache, once) when a round might not fit, so short answers attend over
       short caches. Each stage compiles its own decode loop (compile time grows
       with their number). (): the whole cache from the first round.
+    round_widths: the query widths a PASTA round is compiled for, increasing,
+      the last one `slots`. A round runs the narrowest that holds its fed
+      slots (a `lax.switch` over one compiled model call per width), so a
+      round that feeds one thread costs about what a one-slot decoder pays.
+      (S,) alone: every round runs all slots, with no conditional. None: on
+      the CPU the powers of two below S, and S (a round's cost grows with its
+      width there); on accelerators (S,) (a small round's cost hardly depends
+      on its width, and the conditional costs every round a wait for its
+      branch index; docs/benchmarks.md has the measurements).
   """
 
   slots: int = 8
@@ -62,6 +71,7 @@ class InterpreterConfig:
   record_logits: bool = False
   hoist_layouts: bool | None = None
   cache_stages: tuple[int, ...] = ()
+  round_widths: tuple[int, ...] | None = None
 
   def __post_init__(self):
     if self.slots < 1:
@@ -96,6 +106,16 @@ class InterpreterConfig:
       raise ValueError(
           f'cache_stages {stages}: every stage must hold more than one round '
           f'(> slots = {self.slots}) and be smaller than cache_size = {self.cache_size}')
+
+    if self.round_widths is not None:
+      widths = tuple(self.round_widths)
+      object.__setattr__(self, 'round_widths', widths)
+      if any(not isinstance(w, int) or isinstance(w, bool) for w in widths):
+        raise ValueError(f'round_widths must be integers, got {widths}')
+      if (not widths or list(widths) != sorted(set(widths)) or widths[0] < 1
+          or widths[-1] != self.slots):
+        raise ValueError(f'round_widths {widths}: expected strictly increasing widths '
+                         f'>= 1 that end with slots = {self.slots}')
 
   @property
   def stages(self) -> tuple[int, ...]:

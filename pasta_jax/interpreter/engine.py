@@ -307,7 +307,7 @@ class Engine:
   def _forward(self, params, hoisted, cache, token_BS, pos_BS, query_meta, cache_meta,
                new_meta, index_BS, fed_BS, sample):
     """The model and the sampling over this round's fed tokens, at the narrowest
-    width that fits.
+    width that fits (`widths`; with the one width S, every slot in slot order).
 
     The fed slots of each request are moved to the front, and `lax.switch` runs
     the model on the first w columns, w the smallest width in `widths` that holds
@@ -327,6 +327,19 @@ class Engine:
     """
     b, s = token_BS.shape
     widths = self.widths
+    record = self.config.record_logits
+    if widths == (s,):
+      # Every round runs every slot, in slot order: no partition, no conditional
+      # (the accelerator default; see InterpreterConfig.round_widths).
+      keys = masks.AttentionMeta(*(jnp.concatenate([c, n], axis=1)
+                                   for c, n in zip(cache_meta, new_meta)))
+      weights = params if hoisted is None else self._unhoist(hoisted, params, s)
+      logits, entries = self.model.apply(
+          {'params': weights}, token_BS, pos_BS, (query_meta, keys), cache=cache,
+          write_cache=False)
+      slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+      return (sample(logits, slots), logits if record else None,
+              transformer.write_entries(cache, entries, index_BS))
     # Fed slots first, in slot order: slot j goes to column rank[j], so column r
     # holds the slot whose rank is r (a stable partition, without a sort).
     fed_i = fed_BS.astype(jnp.int32)
@@ -345,7 +358,6 @@ class Engine:
     query = masks.AttentionMeta(*(columns[..., 3 + i] for i in range(n_meta)))
     new_keys = masks.AttentionMeta(*(columns[..., 3 + n_meta + i] for i in range(n_meta)))
     rows = jnp.arange(b)[:, None]
-    record = self.config.record_logits
 
     def run(width):
       def branch(cache):
@@ -368,18 +380,20 @@ class Engine:
         return sampled, full, jax.tree.map(pad, entries)
       return branch
 
-    if len(widths) == 1:
-      sampled, logits, entries = run(widths[0])(cache)
-    else:
-      needed = jnp.max(fed_BS.sum(axis=1))
-      branch = jnp.searchsorted(jnp.asarray(widths), needed)
-      sampled, logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
+    needed = jnp.max(fed_BS.sum(axis=1))
+    branch = jnp.searchsorted(jnp.asarray(widths), needed)
+    sampled, logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
     return sampled, logits, transformer.write_entries(cache, entries, index)
 
   @property
   def widths(self) -> tuple[int, ...]:
-    """Query widths the forward pass is compiled for: powers of two below S, and S."""
+    """Query widths the forward pass is compiled for (`InterpreterConfig.round_widths`;
+    by default powers of two below S, and S, on the CPU, else S alone)."""
+    if self.config.round_widths is not None:
+      return self.config.round_widths
     s = self.config.slots
+    if jax.default_backend() != 'cpu':
+      return (s,)
     return tuple(sorted({1 << i for i in range(s.bit_length()) if 1 << i < s} | {s}))
 
   def _start_queued(self, state: State) -> State:
@@ -449,17 +463,17 @@ class Engine:
     main_pos = jnp.where(fed[:, 0], state.slot_pos[:, 0] + 1 + jump, state.slot_pos[:, 0])
     clock = state.clock + fed[:, 0]
     # A closed promise creates thread k; it forks at the length token's clock.
-    k = jnp.where(closes, state.n_threads + 1, 0)
-    rows = jnp.arange(b)
-    fork = state.fork.at[rows, k].set(jnp.where(closes, clock, state.fork[rows, k]))
-    start_pos = state.start_pos.at[rows, k].set(
-        jnp.where(closes, main_pos + 1, state.start_pos[rows, k]))
+    # (Selects over the P thread ids rather than scatters: on an accelerator
+    # each scatter is a kernel launch of its own.)
+    thread_ids = jnp.arange(self.num_thread_ids)
+    created = closes[:, None] & (thread_ids == (state.n_threads + 1)[:, None])
+    fork = jnp.where(created, clock[:, None], state.fork)
+    start_pos = jnp.where(created, (main_pos + 1)[:, None], state.start_pos)
 
     # Async threads: </async> sampled -> the thread is done (fed next round).
     ended = got & ~is_main & (token == c.async_close)
-    thread_done = state.thread_done.astype(jnp.int32).at[
-        rows[:, None], jnp.where(ended, slot_thread, 0)].max(ended.astype(jnp.int32))
-    thread_done = thread_done.at[:, 0].set(0).astype(bool)
+    thread_done = state.thread_done | jnp.any(
+        ended[:, :, None] & (state.slot_thread[:, :, None] == thread_ids), axis=1)
 
     slot_pos = jnp.where(is_main, main_pos[:, None],
                          jnp.where(fed, state.slot_pos + 1, state.slot_pos))
@@ -476,7 +490,6 @@ class Engine:
           out_logits, log_index, logits_BSV.astype(jnp.float32))
 
     main_done = state.main_done | ends
-    thread_ids = jnp.arange(self.num_thread_ids)
     all_joined = ~jnp.any((thread_ids >= 1) & (thread_ids <= n_threads[:, None])
                           & ~thread_done, axis=1)
     finished = (state.status == RUNNING) & main_done & all_joined

@@ -257,10 +257,20 @@ def test_stream_matches_generate(tok, model):
     (dict(cache_size=256, cache_stages=(64, 256)), 'smaller than cache_size = 256'),
     (dict(slots=8, cache_size=256, cache_stages=(8, 64)), 'more than one round'),
     (dict(cache_size=256, cache_stages=(64.0,)), 'must be integers'),
+    (dict(slots=8, round_widths=(1, 4)), 'end with slots = 8'),
+    (dict(slots=8, round_widths=(4, 2, 8)), 'strictly increasing'),
+    (dict(slots=8, round_widths=(0, 8)), '>= 1'),
+    (dict(slots=8, round_widths=()), 'strictly increasing'),
+    (dict(slots=8, round_widths=(2.0, 8)), 'must be integers'),
 ])
 def test_config_errors(kwargs, problem):
   with pytest.raises(ValueError, match=problem):
     InterpreterConfig(**kwargs)
+
+
+def test_round_widths_from_a_config_list():
+  assert InterpreterConfig(slots=4, round_widths=[1, 4]).round_widths == (1, 4)
+  assert InterpreterConfig(slots=4).round_widths is None
 
 
 def test_cache_stages_from_a_config_list():

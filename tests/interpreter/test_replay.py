@@ -20,11 +20,16 @@ def training_logits(model_config, params, lay):
   return np.asarray(logits[0])
 
 
-@pytest.mark.parametrize('slots', [2, 8])
-def test_forced_decoding_reproduces_training_logits(tok, model, slots):
+@pytest.mark.parametrize('slots,widths', [(2, None), (8, None), (8, (8,))],
+                         ids=['2-slots', '8-slots', '8-slots-every-round-full'])
+def test_forced_decoding_reproduces_training_logits(tok, model, slots, widths):
+  """Rounds at the narrowest width that fits (the CPU default) and rounds that
+  always run every slot (the accelerator default) give the training logits."""
   config, params = model
   interp = Interpreter(config, params, tok, InterpreterConfig(
-      slots=slots, max_threads=8, cache_size=448, max_steps=600, record_logits=True))
+      slots=slots, max_threads=8, cache_size=448, max_steps=600, record_logits=True,
+      round_widths=widths))
+  assert interp.engine.widths == (widths or ((1, 2) if slots == 2 else (1, 2, 4, 8)))
   documents = DOCUMENTS + synthetic_documents(3)
   prompts, responses, forced = [], [], []
   for i, text in enumerate(documents):
