@@ -1,6 +1,6 @@
 r"""The synthetic PASTA benchmark on CPU (the project's built-in default).
 
-Train the PASTA model and the sequential baseline (about 16 minutes together on
+Train the PASTA model and the sequential baseline (about 20 minutes together on
 2 CPU cores; each leaves checkpoints, its tokenizer and its config in its
 workdir, which `pasta_jax.training.checkpointing.load_run` reads back):
 
