@@ -96,26 +96,27 @@ class InterpreterConfig:
     layout.reserved_positions(self.position_strategy, 0, 0, self.fixed_reserve)
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0, got {self.top_k}')
-    stages = tuple(self.cache_stages)  # a list from a config file is fine too
-    object.__setattr__(self, 'cache_stages', stages)
-    if any(not isinstance(n, int) or isinstance(n, bool) for n in stages):
-      raise ValueError(f'cache_stages must be integers, got {stages}')
-    if list(stages) != sorted(set(stages)):
-      raise ValueError(f'cache_stages must be strictly increasing, got {stages}')
+    stages = self._increasing_ints('cache_stages')
     if stages and (stages[0] <= self.slots or stages[-1] >= self.cache_size):
       raise ValueError(
           f'cache_stages {stages}: every stage must hold more than one round '
           f'(> slots = {self.slots}) and be smaller than cache_size = {self.cache_size}')
-
     if self.round_widths is not None:
-      widths = tuple(self.round_widths)
-      object.__setattr__(self, 'round_widths', widths)
-      if any(not isinstance(w, int) or isinstance(w, bool) for w in widths):
-        raise ValueError(f'round_widths must be integers, got {widths}')
-      if (not widths or list(widths) != sorted(set(widths)) or widths[0] < 1
-          or widths[-1] != self.slots):
+      widths = self._increasing_ints('round_widths')
+      if not widths or widths[0] < 1 or widths[-1] != self.slots:
         raise ValueError(f'round_widths {widths}: expected strictly increasing widths '
                          f'>= 1 that end with slots = {self.slots}')
+
+  def _increasing_ints(self, name: str) -> tuple[int, ...]:
+    """Field `name` as a tuple (a list from a config file is fine too), checked
+    to be strictly increasing integers."""
+    values = tuple(getattr(self, name))
+    object.__setattr__(self, name, values)
+    if any(not isinstance(v, int) or isinstance(v, bool) for v in values):
+      raise ValueError(f'{name} must be integers, got {values}')
+    if list(values) != sorted(set(values)):
+      raise ValueError(f'{name} must be strictly increasing, got {values}')
+    return values
 
   @property
   def stages(self) -> tuple[int, ...]:

@@ -328,15 +328,19 @@ class Engine:
     b, s = token_BS.shape
     widths = self.widths
     record = self.config.record_logits
+
+    def call(cache, token, pos, query, new_keys, width):
+      """The model over `width` tokens per request; the cache is only read."""
+      keys = masks.AttentionMeta(*(jnp.concatenate([c, n], axis=1)
+                                   for c, n in zip(cache_meta, new_keys)))
+      weights = params if hoisted is None else self._unhoist(hoisted, params, width)
+      return self.model.apply({'params': weights}, token, pos, (query, keys), cache=cache,
+                              write_cache=False)
+
     if widths == (s,):
       # Every round runs every slot, in slot order: no partition, no conditional
       # (the accelerator default; see InterpreterConfig.round_widths).
-      keys = masks.AttentionMeta(*(jnp.concatenate([c, n], axis=1)
-                                   for c, n in zip(cache_meta, new_meta)))
-      weights = params if hoisted is None else self._unhoist(hoisted, params, s)
-      logits, entries = self.model.apply(
-          {'params': weights}, token_BS, pos_BS, (query_meta, keys), cache=cache,
-          write_cache=False)
+      logits, entries = call(cache, token_BS, pos_BS, query_meta, new_meta, s)
       slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
       return (sample(logits, slots), logits if record else None,
               transformer.write_entries(cache, entries, index_BS))
@@ -362,13 +366,9 @@ class Engine:
     def run(width):
       def branch(cache):
         cut = lambda x: x[:, :width]
-        keys = masks.AttentionMeta(*(jnp.concatenate([c, cut(n)], axis=1)
-                                     for c, n in zip(cache_meta, new_keys)))
-        weights = params if hoisted is None else self._unhoist(hoisted, params, width)
-        logits, entries = self.model.apply(
-            {'params': weights}, cut(token), cut(pos),
-            (masks.AttentionMeta(*(cut(a) for a in query)), keys),
-            cache=cache, write_cache=False)
+        logits, entries = call(cache, cut(token), cut(pos),
+                               masks.AttentionMeta(*(cut(a) for a in query)),
+                               masks.AttentionMeta(*(cut(a) for a in new_keys)), width)
         slots = cut(perm)
         sampled = jnp.zeros((b, s), jnp.int32).at[rows, slots].set(sample(logits, slots))
         full = None
