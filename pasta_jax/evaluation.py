@@ -25,6 +25,7 @@ import numpy as np
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
+from pasta_jax.settings import PositionStrategy
 
 
 @dataclasses.dataclass
@@ -347,8 +348,5 @@ def load_runs(pasta_workdirs: Sequence[str], baseline_workdir: str, **overrides
 
 def position_setting(run, interp) -> str:
   """How a run places positions: in training, and in the interpreter."""
-  trained = run.config.data.get('position_strategy', 'predicted')
-  decoded = interp.config.position_strategy
-  if decoded == 'fixed':
-    decoded = f'fixed ({interp.config.fixed_reserve})'
-  return f'trained {trained}, decoded {decoded}'
+  trained = PositionStrategy(run.config.data.position_strategy, run.config.data.fixed_reserve)
+  return f'trained {trained}, decoded {interp.config.position_strategy}'

@@ -22,9 +22,7 @@ import numpy as np
 
 from pasta_jax import masks
 from pasta_jax import tokens as tokens_lib
-
-STRATEGIES = ('predicted', 'oracle', 'fixed')
-
+from pasta_jax.settings import PositionStrategy
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -66,43 +64,19 @@ class Layout:
     return np.asarray(masks.visibility_mask(meta, meta))
 
 
-def reserved_positions(strategy: str, promised: int, body_tokens: int,
-                       fixed_reserve: int | None = None) -> int:
-  """Positions R reserved for an async chunk (PASTA.md section 3).
-
-  Works on ints and on (numpy or jax) arrays of promised lengths alike, so the
-  interpreter applies the same rule on device.
-
-  Args:
-    strategy: 'predicted' (R = promised + 2), 'oracle' (R = true body length + 2)
-      or 'fixed' (R = fixed_reserve). The 2 counts `<async>` and `</async>`.
-    promised: the promise's `tokens` value.
-    body_tokens: the true number of body tokens (between ASYNC and END_ASYNC).
-    fixed_reserve: the constant of the 'fixed' strategy.
-  """
-  if strategy == 'predicted':
-    return promised + 2
-  if strategy == 'oracle':
-    return body_tokens + 2
-  if strategy == 'fixed':
-    if fixed_reserve is None or fixed_reserve < 0:
-      raise ValueError(f"strategy 'fixed' needs fixed_reserve >= 0, got {fixed_reserve}")
-    return fixed_reserve
-  raise ValueError(f'unknown position strategy {strategy!r}; expected one of {STRATEGIES}')
-
-
 def pasta_layout(prompt_ids: Sequence[int] | np.ndarray,
                  response_ids: Sequence[int] | np.ndarray,
                  control: tokens_lib.ControlTokens, *,
-                 strategy: str = 'predicted', fixed_reserve: int | None = None,
+                 position_strategy: PositionStrategy = PositionStrategy(),
                  start_position: int = 0) -> Layout:
   """Lays out prompt + annotated response for PASTA training (PASTA.md 2-4).
+
+  `position_strategy` sets the positions a promise reserves for its chunk.
 
   Raises:
     lang.PastaLangError: the response is not a well-formed annotated response
       (the token index is relative to the response).
   """
-  reserved_positions(strategy, 0, 0, fixed_reserve)  # validates the strategy early
   prompt = np.asarray(prompt_ids, np.int32).reshape(-1)
   response = np.asarray(response_ids, np.int32).reshape(-1)
   structure = tokens_lib.scan(response, control, annotated=True)
@@ -146,8 +120,8 @@ def pasta_layout(prompt_ids: Sequence[int] | np.ndarray,
     if kind[i] == tokens_lib.Kind.LENGTH:
       t = int(np.searchsorted(promise_end, i))
       thread_pos[t] = main_pos
-      main_pos += reserved_positions(strategy, int(structure.promised[t]),
-                                     int(body_tokens[t]), fixed_reserve)
+      main_pos += position_strategy.reserved(int(structure.promised[t]),
+                                             int(body_tokens[t]))
 
   targets, loss_weights = _next_in_thread(np.concatenate([prompt, response]), thread,
                                           num_threads)

@@ -31,6 +31,7 @@ from pasta_jax.data import build
 from pasta_jax.data import encoding
 from pasta_jax.data import pipeline
 from pasta_jax.data import tfds_builders
+from pasta_jax.training import config as config_lib
 from pasta_jax.training import inputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).')
@@ -66,6 +67,7 @@ def thread_view(doc: lang.Document, color: bool) -> str:
 
 def prepare(config, workdir: str, out=sys.stdout) -> dict:
   """Runs the pipeline; returns the per-family summary (also printed)."""
+  config = config_lib.resolve(config)
   start = time.time()
   os.makedirs(workdir, exist_ok=True)
   builder = build.builder(config.data)
@@ -89,8 +91,7 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
       if tok.decode(enc.response) != enc.document:
         raise AssertionError(f'encode -> decode changed a {split} document: {prompt!r}')
       pasta = layout.pasta_layout(enc.prompt, enc.response, tok.control,
-                                  strategy=config.data.position_strategy,
-                                  fixed_reserve=config.data.fixed_reserve)
+                                  position_strategy=config_lib.position_strategy(config))
       layout.sequential_layout(enc.prompt, enc.plain)
       steps = layout.decode_steps(enc.response, tok.control, slots=config.interpreter.slots)
       row = stats[(split, family)]
@@ -100,12 +101,8 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
       row['speedup'].append(len(enc.plain) / steps)
       if sample is None and len(enc.document.promises) >= 2:
         sample = (prompt, family, enc, pasta)
-  batches = pipeline.Batches(sources['train'], tok, mode=config.data.mode,
-                             batch_size=config.data.batch_size, seq_len=config.data.seq_len,
-                             seed=config.seed, strategy=config.data.position_strategy,
-                             fixed_reserve=config.data.fixed_reserve,
-                             template=config.data.prompt_template,
-                             promise_lengths=config.data.promise_lengths)
+  batches = inputs.batches(config, sources['train'], tok, rows=config.data.batch_size,
+                           train=True, process_index=0, process_count=1)
   batch_info = pipeline.describe(next(batches))
   summary = _report(tok, stats, sample, batch_info, builder, time.time() - start, out)
   summary['_tokenizer'] = os.path.join(workdir, 'tokenizer.model')

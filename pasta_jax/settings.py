@@ -35,7 +35,7 @@ class Mode(str, enum.Enum):
     try:
       return cls(value)
     except ValueError:
-      raise ValueError(f"mode {value!r}: expected one of {[m.value for m in cls]}") from None
+      raise ValueError(f'mode must be one of {[m.value for m in cls]}, got {value!r}') from None
 
   def __str__(self) -> str:
     return self.value
@@ -63,10 +63,16 @@ class PositionStrategy:
 
   def __post_init__(self):
     if self.kind not in self.KINDS:
-      raise ValueError(f'position strategy {self.kind!r}: expected one of {list(self.KINDS)}')
+      raise ValueError(f'unknown position strategy {self.kind!r}; expected one of '
+                       f'{list(self.KINDS)}')
     if (not isinstance(self.fixed_reserve, int) or isinstance(self.fixed_reserve, bool)
         or self.fixed_reserve < 0):
       raise ValueError(f'fixed_reserve must be an int >= 0, got {self.fixed_reserve!r}')
+
+  @classmethod
+  def parse(cls, value: 'PositionStrategy | str') -> 'PositionStrategy':
+    """`value` as a PositionStrategy (a kind alone takes the default reserve)."""
+    return value if isinstance(value, cls) else cls(value)
 
   @property
   def decodable(self) -> bool:

@@ -139,7 +139,7 @@ def bench_sequential(config, params, tok, tokens, runs):
   cache_size = 32 + tokens + 8
   ban = _ban(tok, c.eos)
   seq = Interpreter(config, params, tok, InterpreterConfig(
-      slots=1, sequential=True, cache_size=cache_size, max_steps=tokens + 1), buckets=(32,))
+      slots=1, mode='sequential', cache_size=cache_size, max_steps=tokens + 1), buckets=(32,))
   pasta = Interpreter(config, params, tok, InterpreterConfig(
       slots=8, max_threads=8, cache_size=cache_size, max_steps=tokens + 1), buckets=(32,))
   hand = hand_written_greedy(config, params, jnp.asarray(prompt), tokens, cache_size)

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from pasta_jax import lang, layout, masks, tokens
+from pasta_jax.settings import PositionStrategy
 
 C = tokens.ControlTokens(promise=4, async_open=5, async_close=6, sync=7,
                          lengths=tuple(range(8, 29)), eos=1, pad=0, bos=2)
@@ -106,7 +107,8 @@ def test_targets_follow_each_thread(case):
 def test_oracle_positions_equal_inline_positions(case):
   """With oracle reservations the layout's positions are the annotated order's."""
   prompt, response, _, _, _ = case
-  lay = layout.pasta_layout(prompt, response, C, strategy='oracle', start_position=3)
+  lay = layout.pasta_layout(prompt, response, C, position_strategy=PositionStrategy('oracle'),
+                            start_position=3)
   np.testing.assert_array_equal(lay.positions, 3 + np.arange(len(lay)))
 
 
@@ -126,12 +128,13 @@ RESPONSE = [60, PROM, 61, L(20), ASYNC, 70, 71, 72, END, 62, SYNC, 63, EOS]
 
 
 @pytest.mark.parametrize('strategy,reserve,after', [
-    ('predicted', None, [28, 29, 30, 31]),   # p = 5, R = 20 + 2
-    ('oracle', None, [11, 12, 13, 14]),      # R = 3 body tokens + 2
+    ('predicted', 32, [28, 29, 30, 31]),     # p = 5, R = 20 + 2
+    ('oracle', 32, [11, 12, 13, 14]),        # R = 3 body tokens + 2
     ('fixed', 4, [10, 11, 12, 13]),          # R = 4
 ])
 def test_positions_by_hand(strategy, reserve, after):
-  lay = layout.pasta_layout(PROMPT, RESPONSE, C, strategy=strategy, fixed_reserve=reserve)
+  lay = layout.pasta_layout(PROMPT, RESPONSE, C,
+                            position_strategy=PositionStrategy(strategy, reserve))
   expected = [0, 1, 2, 3, 4, 5] + [6, 7, 8, 9, 10] + after
   assert lay.positions.tolist() == expected
 
@@ -226,9 +229,9 @@ def test_malformed_token_sequences(response, problem, index):
 
 def test_bad_strategy_and_reserve():
   with pytest.raises(ValueError, match='unknown position strategy'):
-    layout.pasta_layout([], [60], C, strategy='guess')
+    PositionStrategy('guess')
   with pytest.raises(ValueError, match='fixed_reserve'):
-    layout.pasta_layout([], [60], C, strategy='fixed')
+    PositionStrategy('fixed', -1)
 
 
 def test_control_tokens_validation():

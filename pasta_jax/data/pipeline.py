@@ -40,8 +40,8 @@ from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import tfds_builders
+from pasta_jax.settings import Mode, PositionStrategy
 
-MODES = ('pasta', 'sequential')
 FIELDS = ('tokens', 'positions', 'targets', 'loss_weights', 'segment', 'thread', 'anchor',
           'visible_from', 'order')
 STATE_VERSION = 1
@@ -83,34 +83,31 @@ class Batches:
     shuffle: permute each epoch (else the source's order).
     num_epochs: stop after this many epochs (None: forever).
     process_index, process_count: this host and the number of hosts.
-    strategy, fixed_reserve: position strategy (PASTA.md section 3).
+    position_strategy: the positions a promise reserves (PASTA.md section 3).
     template: how a prompt is rendered (see `encoding.encode_prompt`).
     promise_lengths: 'measured' or 'annotated' (see `encoding.encode_example`).
   """
 
   def __init__(self, source: Sequence[Mapping[str, Any]], tok: tokenizer_lib.Tokenizer, *,
-               mode: str, batch_size: int, seq_len: int, seed: int = 0,
+               mode: Mode | str, batch_size: int, seq_len: int, seed: int = 0,
                shuffle: bool = True, num_epochs: int | None = None,
                process_index: int = 0, process_count: int = 1,
-               strategy: str = 'predicted', fixed_reserve: int | None = None,
+               position_strategy: PositionStrategy = PositionStrategy(),
                template: str = '{prompt}\n', promise_lengths: str = 'measured'):
-    if mode not in MODES:
-      raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
     if batch_size < 1 or seq_len < 2:
       raise ValueError(f'need batch_size >= 1 and seq_len >= 2, got {batch_size}, {seq_len}')
     if not 0 <= process_index < process_count:
       raise ValueError(f'process_index {process_index} not in [0, {process_count})')
     if len(source) < process_count:
       raise ValueError(f'{len(source)} examples cannot be shared by {process_count} hosts')
-    layout.reserved_positions(strategy, 0, 0, fixed_reserve)  # validates early
     if promise_lengths not in encoding.PROMISE_LENGTHS:
       raise ValueError(f'promise_lengths must be one of {encoding.PROMISE_LENGTHS}, '
                        f'got {promise_lengths!r}')
     self._source, self._tok = source, tok
-    self.mode, self.batch_size, self.seq_len = mode, batch_size, seq_len
+    self.mode, self.batch_size, self.seq_len = Mode.parse(mode), batch_size, seq_len
     self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
     self._host, self._hosts = process_index, process_count
-    self._strategy, self._fixed_reserve = strategy, fixed_reserve
+    self._position_strategy = position_strategy
     self._template, self._promise_lengths = template, promise_lengths
     self._epoch, self._index = 0, 0
     self._order = self._host_order(0)
@@ -184,9 +181,9 @@ class Batches:
         tfds_builders.decode_text(record['prompt']),
         tfds_builders.decode_text(record['annotated_response']), self._tok,
         template=self._template, promise_lengths=self._promise_lengths)
-    if self.mode == 'pasta':
+    if self.mode is Mode.PASTA:
       return layout.pasta_layout(enc.prompt, enc.response, self._tok.control,
-                                 strategy=self._strategy, fixed_reserve=self._fixed_reserve)
+                                 position_strategy=self._position_strategy)
     return layout.sequential_layout(enc.prompt, enc.plain)
 
   def host_indices(self, epoch: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.models import sharding as sharding_lib
 from pasta_jax.models import transformer
+from pasta_jax.settings import Mode, PositionStrategy
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
@@ -101,7 +102,7 @@ class Result:
 
 
 class Interpreter:
-  """Runs PASTA (or, with `sequential=True`, plain) generation for a model."""
+  """Runs PASTA (or, in sequential mode, plain) generation for a model."""
 
   def __init__(self, model_config, params, tok: tokenizer_lib.Tokenizer,
                config: InterpreterConfig, *, template: str = '{prompt}\n',
@@ -170,15 +171,13 @@ class Interpreter:
     config = run.config
     settings = config.interpreter.to_dict() if 'interpreter' in config else {}
     data = config.data
-    sequential = data.get('mode', 'pasta') == 'sequential'
+    mode = Mode.parse(data.mode)
     fields = {f.name for f in dataclasses.fields(InterpreterConfig)}
     values = {k: v for k, v in settings.items() if k in fields}
-    values.update(position_strategy=data.get('position_strategy', 'predicted'),
-                  fixed_reserve=data.get('fixed_reserve', 32))
-    if values['position_strategy'] == 'oracle':
-      values['position_strategy'] = 'predicted'  # oracle is training-only
-    if sequential:
-      values.update(slots=1, sequential=True)
+    values.update(mode=mode, position_strategy=PositionStrategy(
+        data.position_strategy, data.fixed_reserve).for_decoding())
+    if mode is Mode.SEQUENTIAL:
+      values.update(slots=1)
     values.update(overrides)
     unknown = sorted(set(overrides) - fields)
     if unknown:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pasta_jax import layout
+from pasta_jax.settings import Mode, PositionStrategy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -12,9 +12,11 @@ class InterpreterConfig:
   """Shapes, budgets and grammar limits of the on-device PASTA interpreter.
 
   Attributes:
+    mode: Mode.PASTA, or Mode.SEQUENTIAL for the sequential baseline decoder
+      (no PASTA tags at all; requires slots == 1). A string is parsed.
     slots: S thread slots per request; slot 0 is the main thread, so at most
-      S - 1 async threads run at once (later promises queue). S = 1 with
-      `sequential=True` is the sequential baseline decoder.
+      S - 1 async threads run at once (later promises queue). S = 1 in
+      sequential mode.
     max_threads: the most promises one request may make (the grammar stops
       offering `<promise>` after that).
     cache_size: KV-cache entries per request (prompt + everything decoded).
@@ -24,11 +26,9 @@ class InterpreterConfig:
       tokens are offered).
     max_thread_tokens: an async body longer than this is closed with
       `</async>` (None: only the budget limits it).
-    position_strategy: 'predicted' (main resumes at p + 1 + N + 2) or 'fixed'
-      (p + 1 + fixed_reserve). 'oracle' needs the body's length before the body
-      exists, so it is a training-time strategy only.
-    fixed_reserve: the constant of the 'fixed' strategy.
-    sequential: no PASTA tags at all (requires slots == 1).
+    position_strategy: the positions a promise reserves (a kind alone is
+      parsed; 'predicted' or 'fixed': 'oracle' needs the body's length before the body exists, so a
+      run trained with it decodes with `PositionStrategy.for_decoding()`).
     top_k: sample among the k most likely tokens (0: all).
     use_top_p: apply the per-request nucleus threshold `top_p`.
     record_logits: keep the logits of every sampled token (debugging and the
@@ -57,15 +57,14 @@ class InterpreterConfig:
       branch index; docs/benchmarks.md has the measurements).
   """
 
+  mode: Mode = Mode.PASTA
   slots: int = 8
   max_threads: int = 16
   cache_size: int = 1024
   max_steps: int = 512
   max_topic_tokens: int = 16
   max_thread_tokens: int | None = None
-  position_strategy: str = 'predicted'
-  fixed_reserve: int = 32
-  sequential: bool = False
+  position_strategy: PositionStrategy = PositionStrategy()
   top_k: int = 0
   use_top_p: bool = False
   record_logits: bool = False
@@ -74,13 +73,16 @@ class InterpreterConfig:
   round_widths: tuple[int, ...] | None = None
 
   def __post_init__(self):
+    object.__setattr__(self, 'mode', Mode.parse(self.mode))
+    object.__setattr__(self, 'position_strategy',
+                       PositionStrategy.parse(self.position_strategy))
     if self.slots < 1:
       raise ValueError(f'slots must be >= 1, got {self.slots}')
     if self.sequential and self.slots != 1:
       raise ValueError(f'sequential decoding uses one slot, got slots={self.slots}')
     if not self.sequential and self.slots < 2:
       raise ValueError('PASTA decoding needs at least 2 slots (main + one async); '
-                       'use sequential=True for a single slot')
+                       "use mode='sequential' for a single slot")
     if self.max_threads < 1:
       raise ValueError(f'max_threads must be >= 1, got {self.max_threads}')
     if self.max_steps < 1 or self.cache_size < 2:
@@ -90,10 +92,10 @@ class InterpreterConfig:
       raise ValueError(f'max_topic_tokens must be >= 0, got {self.max_topic_tokens}')
     if self.max_thread_tokens is not None and self.max_thread_tokens < 0:
       raise ValueError(f'max_thread_tokens must be >= 0, got {self.max_thread_tokens}')
-    if self.position_strategy == 'oracle':
-      raise ValueError("position_strategy 'oracle' needs each body's length before it "
-                       "is decoded; the interpreter supports 'predicted' and 'fixed'")
-    layout.reserved_positions(self.position_strategy, 0, 0, self.fixed_reserve)
+    if not self.position_strategy.decodable:
+      raise ValueError("position strategy 'oracle' needs each body's length before it "
+                       "is decoded; the interpreter supports 'predicted' and 'fixed' "
+                       '(PositionStrategy.for_decoding() gives the one to decode with)')
     if self.top_k < 0:
       raise ValueError(f'top_k must be >= 0, got {self.top_k}')
     stages = self._increasing_ints('cache_stages')
@@ -117,6 +119,11 @@ class InterpreterConfig:
     if list(values) != sorted(set(values)):
       raise ValueError(f'{name} must be strictly increasing, got {values}')
     return values
+
+  @property
+  def sequential(self) -> bool:
+    """Whether this is the sequential baseline decoder (`mode`)."""
+    return self.mode is Mode.SEQUENTIAL
 
   @property
   def stages(self) -> tuple[int, ...]:

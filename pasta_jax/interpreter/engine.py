@@ -457,8 +457,7 @@ class Engine:
     ends = main_got & (main_token == c.eos)
     main_fed_token = fed_token[:, 0]
     # The positions reserved for a promise's thread: the rule of the training layout.
-    reserve = layout.reserved_positions(cfg.position_strategy, length[main_fed_token], 0,
-                                        cfg.fixed_reserve)
+    reserve = cfg.position_strategy.reserved(length[main_fed_token], 0)
     jump = jnp.where(length[main_fed_token] >= 0, reserve, 0)
     main_pos = jnp.where(fed[:, 0], state.slot_pos[:, 0] + 1 + jump, state.slot_pos[:, 0])
     clock = state.clock + fed[:, 0]

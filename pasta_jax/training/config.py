@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from pasta_jax.models import config as model_config_lib
+from pasta_jax.settings import Mode, PositionStrategy
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -209,7 +210,10 @@ def check_values(c: ConfigDict) -> None:
     for key in ('jsonl_name', 'jsonl_paths'):
       need(bool(c.data.get(key)), f'data.{key}',
            'a value for the pasta_jsonl dataset (see configs/gemma_sft.py)')
-  need(c.data.mode in ('pasta', 'sequential'), 'data.mode', "'pasta' or 'sequential'")
+  need(c.data.mode in [m.value for m in Mode], 'data.mode', "'pasta' or 'sequential'")
+  need(c.data.position_strategy in PositionStrategy.KINDS, 'data.position_strategy',
+       f'one of {list(PositionStrategy.KINDS)}')
+  need(c.data.fixed_reserve >= 0, 'data.fixed_reserve', 'an int >= 0')
   need(c.data.seq_len >= 2, 'data.seq_len', 'an int >= 2')
   need(c.data.batch_size >= 1, 'data.batch_size', 'an int >= 1')
   need(c.data.prefetch >= 0, 'data.prefetch', 'an int >= 0')
@@ -252,6 +256,16 @@ def _value(c: ConfigDict, dotted: str) -> Any:
   for part in dotted.split('.'):
     node = node.get(part) if hasattr(node, 'get') else None
   return node
+
+
+def mode(c: ConfigDict) -> Mode:
+  """The run's mode (`data.mode`)."""
+  return Mode.parse(c.data.mode)
+
+
+def position_strategy(c: ConfigDict) -> PositionStrategy:
+  """The run's position strategy (`data.position_strategy`, `data.fixed_reserve`)."""
+  return PositionStrategy(c.data.position_strategy, c.data.fixed_reserve)
 
 
 def eval_batch_size(c: ConfigDict) -> int:

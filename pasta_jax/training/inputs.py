@@ -21,6 +21,7 @@ from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import build
 from pasta_jax.data import pipeline
 from pasta_jax.data import tfds_builders
+from pasta_jax.training import config as config_lib
 from pasta_jax.training.config import ConfigError
 
 
@@ -84,10 +85,10 @@ def batches(config: ml_collections.ConfigDict, source, tok: tokenizer_lib.Tokeni
   """This host's pipeline over `source` (`rows` per batch on this host)."""
   data = config.data
   return pipeline.Batches(
-      source, tok, mode=data.mode, batch_size=rows, seq_len=data.seq_len,
+      source, tok, mode=config_lib.mode(config), batch_size=rows, seq_len=data.seq_len,
       seed=config.seed, shuffle=train, num_epochs=num_epochs,
       process_index=process_index, process_count=process_count,
-      strategy=data.position_strategy, fixed_reserve=data.fixed_reserve,
+      position_strategy=config_lib.position_strategy(config),
       template=data.prompt_template, promise_lengths=data.promise_lengths)
 
 

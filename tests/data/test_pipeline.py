@@ -167,8 +167,6 @@ def test_bad_arguments(synth):
     make(train, tok, mode='causal')
   with pytest.raises(ValueError, match='process_index 2 not in'):
     make(train, tok, process_index=2, process_count=2)
-  with pytest.raises(ValueError, match='unknown position strategy'):
-    make(train, tok, strategy='magic')
   it = make(train, tok)
   state = it.get_state()
   with pytest.raises(ValueError, match='seed'):

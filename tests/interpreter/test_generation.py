@@ -25,7 +25,7 @@ def control_bias(tok, value=3.0):
 def test_sequential_mode_equals_a_full_forward_pass(tok, model):
   config, params = model
   interp = Interpreter(config, params, tok, InterpreterConfig(
-      slots=1, sequential=True, cache_size=128, max_steps=40, record_logits=True))
+      slots=1, mode='sequential', cache_size=128, max_steps=40, record_logits=True))
   prompt = prompt_ids(tok, 'count from 3 to 9')
   result = interp.generate_ids([prompt])[0]
   assert result.status in ('done', 'budget') and len(result.threads) == 1
@@ -70,7 +70,7 @@ def test_hoisted_weight_layouts_change_nothing(tok, model, sequential):
   for hoist in (False, True):
     interp = Interpreter(config, params, tok, InterpreterConfig(
         slots=1 if sequential else 4, max_threads=6, cache_size=192, max_steps=60,
-        sequential=sequential, record_logits=True, hoist_layouts=hoist))
+        mode='sequential' if sequential else 'pasta', record_logits=True, hoist_layouts=hoist))
     results[hoist] = interp.generate(['a prompt', 'another one'], temperature=0.0,
                                      logit_bias=None if sequential else control_bias(tok))
   for a, b in zip(results[False], results[True]):
@@ -115,7 +115,7 @@ def test_cache_stages_change_nothing(tok, model, sequential):
   for stages in ((), (40, 64, 100)):
     interp = Interpreter(config, params, tok, InterpreterConfig(
         slots=1 if sequential else 4, max_threads=6, cache_size=160, max_steps=200,
-        sequential=sequential, record_logits=True, cache_stages=stages))
+        mode='sequential' if sequential else 'pasta', record_logits=True, cache_stages=stages))
     assert interp.config.stages == stages + (160,)
     results[stages] = interp.generate(prompts, temperature=0.0, logit_bias=bias)
   for a, b in zip(results[()], results[(40, 64, 100)]):
@@ -248,7 +248,7 @@ def test_stream_matches_generate(tok, model):
 
 @pytest.mark.parametrize('kwargs,problem', [
     (dict(slots=1), 'at least 2 slots'),
-    (dict(slots=2, sequential=True), 'one slot'),
+    (dict(slots=2, mode='sequential'), 'one slot'),
     (dict(position_strategy='oracle'), 'oracle'),
     (dict(position_strategy='guess'), 'unknown position strategy'),
     (dict(max_threads=0), 'max_threads'),

@@ -9,6 +9,7 @@ from pasta_jax import layout
 from pasta_jax import masks
 from pasta_jax import models
 from pasta_jax.interpreter import Interpreter, InterpreterConfig
+from pasta_jax.settings import PositionStrategy
 from tests.interpreter.conftest import (DOCUMENTS, forced_threads, prompt_ids,
                                         synthetic_documents)
 
@@ -60,11 +61,12 @@ def test_fixed_position_strategy_replays_too(tok, model):
   config, params = model
   interp = Interpreter(config, params, tok, InterpreterConfig(
       slots=3, max_threads=8, cache_size=256, max_steps=200, record_logits=True,
-      position_strategy='fixed', fixed_reserve=5))
+      position_strategy=PositionStrategy('fixed', 5)))
   response = tok.encode(lang.parse(DOCUMENTS[0]))
   prompt = prompt_ids(tok, 'fixed')
   result = interp.generate_ids([prompt], forced=forced_threads(response, tok.control, 9)[None])[0]
-  lay = layout.pasta_layout(prompt, response, tok.control, strategy='fixed', fixed_reserve=5)
+  lay = layout.pasta_layout(prompt, response, tok.control,
+                            position_strategy=PositionStrategy('fixed', 5))
   expected = training_logits(config, params, lay)
   threads = np.array([thread for _, thread, _ in result.timeline])
   for k in range(int(lay.thread.max()) + 1):

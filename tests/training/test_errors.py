@@ -81,6 +81,9 @@ def test_other_sections_are_opaque_and_defaults_fill_in():
     ('optimizer.grad_accum_steps', 0, r'grad_accum_steps=0: expected an int >= 1'),
     ('data.mode', 'parallel', r"config\.data\.mode='parallel': expected 'pasta' or"),
     ('data.name', 'c4', r"config\.data\.name='c4'"),
+    ('data.position_strategy', 'bogus', r"config\.data\.position_strategy='bogus': expected "
+     r"one of \['predicted', 'oracle', 'fixed'\]"),
+    ('data.fixed_reserve', -1, r'config\.data\.fixed_reserve=-1: expected an int >= 0'),
     ('train.num_steps', 0, r'train\.num_epochs=0\.0: expected a number > 0 when '
      r'train\.num_steps is 0'),
     ('mesh.shape', (2, -1, -1), r'mesh\.shape=\(2, -1, -1\): expected \(data, fsdp, tensor\)'),
