@@ -1,11 +1,13 @@
 """The text guard: ordinary text never encodes to a control id, and round-trips exactly."""
 
 import numpy as np
+import pytest
 import sentencepiece as spm
 from hypothesis import given, settings
 
 from pasta_jax import tokenizer as tk
 from pasta_jax import tokens
+from pasta_jax.tokenizer import guard, vocabulary
 from tests.tokenizer.helpers import (D, P, S, any_text, documents, no_control,
                                      train_gemma_style)
 
@@ -72,3 +74,40 @@ def test_normalizing_model_still_never_yields_control_ids(models_dir):
   assert tok.control.promise in raw.encode(fullwidth)
   ids = tok.encode_text(fullwidth)
   assert no_control(tok, ids) and tok.decode_text(ids) == '<unused0>'
+
+
+# ----------------------------------------------------------------------------
+# The guard on its own.
+
+
+def _guard(path, pieces):
+  with open(path, 'rb') as f:
+    proto = vocabulary.parse_model_proto(f.read(), '')
+  return guard.TextGuard.for_vocabulary(
+      vocabulary.read_vocabulary(proto, pieces, 10, ''), '')
+
+
+def test_split_cuts_inside_control_surfaces_and_spells_the_space_mark(gemma_path):
+  g = _guard(gemma_path, tk.ControlPieces.reserved(0))  # <unused0> .. <unused4>
+  space_mark = g.spell_bytes('\u2581')
+  assert len(space_mark) == 3  # its UTF-8 bytes
+  assert g.split('') == []
+  assert g.split('plain text') == ['plain text']
+  assert g.split('a<unused0>b\u2581c') == ['a<unused0', '>b', space_mark, 'c']
+  assert g.split('<unused<unused1>>') == ['<unused<unused1', '>>']
+  assert g.split('<unused5>') == ['<unused5>']  # not a control piece here
+  promise = min(g.tag_ids)  # <unused0>
+  other = max(g.tag_ids) + 1
+  assert g.respell_tags([other, promise]) == [other, *g.spell_bytes('<unused0>')]
+
+
+def test_models_without_byte_pieces(models_dir):
+  path = train_gemma_style(models_dir / 'no_bytes.model', normalization='nmt_nfkc',
+                           byte_fallback=False)
+  pieces = tk.ControlPieces('x', '<unused1>', '<unused2>', '<unused3>', ('<unused4>',))
+  with pytest.raises(ValueError, match=r"control piece\(s\) \['x'\] are single characters"):
+    tk.Tokenizer.from_pretrained(path, pieces)
+  tok = tk.Tokenizer.from_pretrained(path)
+  assert 'no byte fallback: unknown characters become <unk>' in tok.lossless_problems
+  with pytest.raises(ValueError, match="text normalizes to the control piece '<unused0>'"):
+    tok.encode_text('\uff1cunused0\uff1e')

@@ -1,5 +1,6 @@
 """Tokenizer: document round trips, the token layout, pickling, save/load, errors."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -166,6 +167,65 @@ def test_load_errors(pasta_tok, gemma_path, tmp_path):
     tk.Tokenizer.load(path)
   with pytest.raises(ValueError, match='not a sentencepiece model'):
     tk.Tokenizer(b'\xff\xff garbage', tk.ControlPieces.pasta())
+
+
+# ----------------------------------------------------------------------------
+# A frozen value: equal by model, pieces and quantum; the processor built lazily.
+
+
+def test_equal_tokenizers_compare_and_hash_equal(pasta_path, gemma_path):
+  a, b = tk.Tokenizer.load(pasta_path), tk.Tokenizer.load(pasta_path)
+  assert a is not b and a == b and hash(a) == hash(b)
+  a.encode_text('load the processor of one of them')
+  assert a.is_loaded and not b.is_loaded and a == b and hash(a) == hash(b)
+  renamed = tk.Tokenizer(a.model_proto, a.pieces, quantum=a.quantum, name='other')
+  assert renamed == a and hash(renamed) == hash(a)  # the name is not part of equality
+  gemma = tk.Tokenizer.from_pretrained(gemma_path)
+  assert gemma != a and len({a, b, renamed, gemma}) == 2
+  pieces = tk.ControlPieces.reserved(90, 5)
+  assert (tk.Tokenizer(gemma.model_proto, pieces, quantum=5)
+          != tk.Tokenizer(gemma.model_proto, pieces, quantum=10))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    a.quantum = 5
+
+
+def test_pickled_tokenizer_encodes_identically(any_tok):
+  doc = D.of('a <unused0> \u2581 b ', P('<pasta:sync/>', 20, 'body <unused1>'), S(), 'end')
+  texts = ['', '<unused0>x', 'x\u2581y', '😀 <pasta:len=10>', '<unused<unused2>>']
+  ids = any_tok.encode(doc)  # the processor is loaded, and is not pickled
+  clone = pickle.loads(pickle.dumps(any_tok))
+  assert clone == any_tok and hash(clone) == hash(any_tok) and not clone.is_loaded
+  np.testing.assert_array_equal(clone.encode(doc), ids)
+  assert [clone.encode_text(t) for t in texts] == [any_tok.encode_text(t) for t in texts]
+  assert clone.decode(ids) == doc
+
+
+def test_processor_is_built_on_first_use(pasta_path, monkeypatch):
+  built = []
+  processor = spm.SentencePieceProcessor
+  monkeypatch.setattr(spm, 'SentencePieceProcessor',
+                      lambda **kw: built.append(kw) or processor(**kw))
+  tok = tk.Tokenizer.load(pasta_path)
+  assert tok.control.promise == 4 and tok.vocab_size > 300 and tok.lossless
+  assert repr(tok) and hash(tok) and tok == tk.Tokenizer.load(pasta_path)
+  assert not built and not tok.is_loaded
+  ids = tok.encode_text('first use')
+  assert tok.is_loaded and built == [{'model_proto': tok.model_proto}]
+  assert tok.decode_text(ids) == 'first use' and len(built) == 1  # built once
+
+
+def test_sidecar_format_is_unchanged(pasta_tok, tmp_path):
+  path = tmp_path / 'pasta.model'
+  pasta_tok.save(path)
+  text = open(tk.sidecar_path(path), encoding='utf-8').read()
+  settings_ = json.loads(text)
+  assert list(settings_) == ['format', 'quantum', 'max_promise_tokens', 'pieces',
+                             'model_sha256']
+  assert settings_ == {'format': 'pasta_jax.tokenizer/1', 'quantum': 10,
+                       'max_promise_tokens': 200, 'pieces': pasta_tok.pieces.to_json(),
+                       'model_sha256': pasta_tok.sha256}
+  assert text == json.dumps(settings_, indent=2, ensure_ascii=False) + '\n'
+  assert path.read_bytes() == pasta_tok.model_proto
 
 
 # ----------------------------------------------------------------------------

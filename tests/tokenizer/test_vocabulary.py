@@ -5,6 +5,7 @@ import sentencepiece as spm
 
 from pasta_jax import tokenizer as tk
 from pasta_jax import tokens
+from pasta_jax.tokenizer import vocabulary
 from tests.tokenizer.helpers import D, P
 
 
@@ -82,3 +83,29 @@ def test_custom_mapping_and_quantum(gemma_path):
   length_token = ids[scan.promise_end[1]]
   assert length_token == tok.control.length_id(85) == tok.piece_to_id('<unused31>')
   assert tok.decode(ids) == doc
+
+
+# ----------------------------------------------------------------------------
+# The vocabulary module on its own.
+
+
+def test_read_vocabulary(pasta_tok, gemma_path):
+  proto = vocabulary.parse_model_proto(pasta_tok.model_proto, '')
+  vocab = vocabulary.read_vocabulary(proto, pasta_tok.pieces, 10, '')
+  assert vocab.control == pasta_tok.control and vocab.size == pasta_tok.vocab_size
+  assert vocab.tag_ids == frozenset(pasta_tok.control.tag_ids)
+  assert vocab.surfaces[pasta_tok.control.sync] == '<pasta:sync/>'
+  assert vocab.byte_ids[0x41] == pasta_tok.piece_to_id('<0x41>')
+  # Control symbols never come from text; the model is lossless.
+  assert vocab.producible == () and vocab.lossless_problems == ()
+  with open(gemma_path, 'rb') as f:
+    proto = vocabulary.parse_model_proto(f.read(), 'gemma')
+  gemma = vocabulary.read_vocabulary(proto, tk.ControlPieces.reserved(20), 10, 'gemma')
+  assert gemma.producible == tuple(f'<unused{i}>' for i in range(7))  # USER_DEFINED
+
+
+def test_parse_model_proto_errors():
+  with pytest.raises(ValueError, match='not a sentencepiece model x.model: no pieces'):
+    vocabulary.parse_model_proto(b'', 'x.model')
+  with pytest.raises(ValueError, match='not a sentencepiece model: '):
+    vocabulary.parse_model_proto(b'\xff\xff garbage', '')
