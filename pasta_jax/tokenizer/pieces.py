@@ -27,7 +27,7 @@ class ControlPieces:
   sync: str
   lengths: tuple[str, ...]
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, 'lengths', tuple(self.lengths))
     for piece in self.all:
       if not isinstance(piece, str) or not piece:

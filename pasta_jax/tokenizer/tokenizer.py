@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -425,7 +425,8 @@ class Tokenizer:
         pos += 1
     return lang.Document(tuple(nodes))
 
-  def _checked(self, make, ids: list[int], start: int, end: int):
+  def _checked(self, make: Callable[[], lang.Node], ids: list[int], start: int,
+               end: int) -> lang.Node:
     """Returns make(); a text-form PastaLangError is re-raised at its token index."""
     try:
       return make()

@@ -89,7 +89,7 @@ def read_vocabulary(proto: Any, pieces: ControlPieces, quantum: int,
   for i, piece in enumerate(proto.pieces):
     index.setdefault(piece.piece, i)
 
-  def special(attr):
+  def special(attr: str) -> int | None:
     value = getattr(spec, attr)
     if value >= size:
       raise ValueError(f'sentencepiece model{where}: {attr}={value} is outside the '
