@@ -3,6 +3,9 @@
 A `Tokenizer` is a small picklable value: the serialized model, the control-piece
 mapping and the quantum. The sentencepiece processor is created on first use and
 is never pickled; this module imports sentencepiece only when it needs it.
+
+(Over 400 lines on purpose: it is the one `Tokenizer` class, and its document
+encode/decode and its files are read against the same private vocabulary state.)
 """
 
 from __future__ import annotations
