@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from pasta_jax import masks
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import config as config_lib
 from pasta_jax.models import transformer
 
@@ -64,7 +65,7 @@ def bench(config, *, batch: int, seq_len: int, cache_len: int,
                     donate_argnums=(4,))
   for b in decode_batches:
     # Keys of a full cache are visible; the step writes the last entry.
-    state = {'cache': transformer.init_cache(config, b, cache_len)}
+    state = {'cache': cache_lib.init_cache(config, b, cache_len)}
     last = cache_len - 1
     inputs = jax.device_put((
         rng.integers(0, config.vocab_size, (b, 1), np.int32),
