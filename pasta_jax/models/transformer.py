@@ -211,6 +211,8 @@ def logical_axes(config: TransformerConfig):
 
 
 def count_params(config: TransformerConfig) -> int:
+  """Number of parameters of the model `config` describes (from the shapes:
+  nothing is allocated); the same as that of any param tree of the config."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(config)))
 
 
