@@ -14,18 +14,29 @@ are listed as skipped.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import time
+from typing import Sequence
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
 from pasta_jax import masks
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import config as config_lib
 from pasta_jax.models import transformer
+
+_PRESETS = flags.DEFINE_string('presets', ','.join(config_lib.CPU_PRESETS),
+                               'Comma-separated preset names.')
+_BATCH = flags.DEFINE_integer('batch', 1, 'Batch size of the forward pass.')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 256, 'Tokens per row of the forward pass.')
+_CACHE_LEN = flags.DEFINE_integer('cache_len', 512, 'Cache entries of the decode step.')
+_DECODE_BATCHES = flags.DEFINE_string('decode_batches', '1,8',
+                                      'Batch sizes of the decode step.')
+_RUNS = flags.DEFINE_integer('runs', 10, 'Timed calls; the median is reported.')
 
 
 def _meta(batch: int, length: int, start: int = 0) -> masks.AttentionMeta:
@@ -64,7 +75,7 @@ def bench(config, *, batch: int, seq_len: int, cache_len: int,
                     donate_argnums=(4,))
   for b in decode_batches:
     # Keys of a full cache are visible; the step writes the last entry.
-    state = {'cache': transformer.init_cache(config, b, cache_len)}
+    state = {'cache': cache_lib.init_cache(config, b, cache_len)}
     last = cache_len - 1
     inputs = jax.device_put((
         rng.integers(0, config.vocab_size, (b, 1), np.int32),
@@ -90,30 +101,24 @@ def _fits(config) -> tuple[bool, float]:
   return 3 * gb * 2**30 < available, gb
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--presets', default=','.join(config_lib.CPU_PRESETS),
-                      help='Comma-separated preset names.')
-  parser.add_argument('--batch', type=int, default=1)
-  parser.add_argument('--seq_len', type=int, default=256)
-  parser.add_argument('--cache_len', type=int, default=512)
-  parser.add_argument('--decode_batches', default='1,8',
-                      help='Batch sizes of the decode step.')
-  parser.add_argument('--runs', type=int, default=10)
-  args = parser.parse_args(argv)
-  names = [n for n in args.presets.split(',') if n]
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  batch, seq_len, cache_len, runs = (_BATCH.value, _SEQ_LEN.value, _CACHE_LEN.value,
+                                     _RUNS.value)
+  names = [n for n in _PRESETS.value.split(',') if n]
   unknown = sorted(set(names) - set(config_lib.PRESETS))
   if unknown:
-    parser.error(f'unknown presets {unknown}; presets: '
-                 f'{sorted(config_lib.PRESETS)}')
-  decode_batches = tuple(int(b) for b in args.decode_batches.split(','))
+    raise app.UsageError(f'unknown presets {unknown}; presets: '
+                         f'{sorted(config_lib.PRESETS)}')
+  decode_batches = tuple(int(b) for b in _DECODE_BATCHES.value.split(','))
 
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{os.cpu_count()} CPUs; forward [B={args.batch}, T={args.seq_len}], '
-        f'decode [T=1, S={args.cache_len}]; median of {args.runs} runs, '
+        f'{os.cpu_count()} CPUs; forward [B={batch}, T={seq_len}], '
+        f'decode [T=1, S={cache_len}]; median of {runs} runs, '
         'compile excluded\n')
-  header = (['preset', 'params', 'dtype', f'forward B={args.batch} '
-             f'T={args.seq_len} (ms)', 'forward tokens/s'] +
+  header = (['preset', 'params', 'dtype', f'forward B={batch} '
+             f'T={seq_len} (ms)', 'forward tokens/s'] +
             [f'decode step B={b} (ms)' for b in decode_batches])
   print('| ' + ' | '.join(header) + ' |')
   print('|' + '---|' * len(header))
@@ -123,12 +128,11 @@ def main(argv=None) -> None:
     if not fits:
       print(f'| {name} | skipped: {gb:.1f} GB of float32 weights do not fit |')
       continue
-    ms = bench(config, batch=args.batch, seq_len=args.seq_len,
-               cache_len=args.cache_len, decode_batches=decode_batches,
-               runs=args.runs)
+    ms = bench(config, batch=batch, seq_len=seq_len, cache_len=cache_len,
+               decode_batches=decode_batches, runs=runs)
     row = [name, f'{transformer.count_params(config) / 1e6:.1f}M', 'float32',
            f'{ms["forward"]:.1f}',
-           f'{args.batch * args.seq_len / ms["forward"] * 1e3:,.0f}']
+           f'{batch * seq_len / ms["forward"] * 1e3:,.0f}']
     row += [f'{ms[f"decode_b{b}"]:.2f}' for b in decode_batches]
     print('| ' + ' | '.join(row) + ' |', flush=True)
   skipped = [n for n in config_lib.PUBLIC_PRESETS if n not in names]
@@ -139,4 +143,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  app.run(main)

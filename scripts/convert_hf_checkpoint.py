@@ -17,43 +17,49 @@ multimodal Gemma 3 checkpoint's image tokens).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
+from typing import Sequence
+
+from absl import app
+from absl import flags
 
 from pasta_jax.models import checkpoint
 from pasta_jax.models import config as config_lib
+from pasta_jax.models import hf
+from pasta_jax.models import hf_config
+
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'Hugging Face checkpoint directory.')
+_OUT_DIR = flags.DEFINE_string('out_dir', None,
+                               'Output directory (params/ and config.json).')
+_PRESET = flags.DEFINE_enum('preset', None, sorted(config_lib.PRESETS),
+                            'Preset the checkpoint must match.')
+_PARAM_DTYPE = flags.DEFINE_string(
+    'param_dtype', None, 'Stored parameter dtype (default: the preset\'s, or '
+    'the checkpoint\'s torch_dtype).')
+_TRIM_VOCAB = flags.DEFINE_bool(
+    'trim_vocab', False, 'Keep the first vocab_size rows of a larger embedding '
+    'table.')
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--hf_dir', required=True,
-                      help='Hugging Face checkpoint directory.')
-  parser.add_argument('--out_dir', required=True,
-                      help='Output directory (params/ and config.json).')
-  parser.add_argument('--preset', choices=sorted(config_lib.PRESETS),
-                      help='Preset the checkpoint must match.')
-  parser.add_argument('--param_dtype', default=None,
-                      help='Stored parameter dtype (default: the preset\'s, or '
-                      'the checkpoint\'s torch_dtype).')
-  parser.add_argument('--trim_vocab', action='store_true',
-                      help='Keep the first vocab_size rows of a larger '
-                      'embedding table.')
-  args = parser.parse_args(argv)
-
-  overrides = {'param_dtype': args.param_dtype} if args.param_dtype else {}
-  if args.preset:
-    config = config_lib.get_config(args.preset, **overrides)
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not (_HF_DIR.value and _OUT_DIR.value):
+    raise app.UsageError('--hf_dir and --out_dir are required')
+  hf_dir, out_dir = _HF_DIR.value, _OUT_DIR.value
+  overrides = {'param_dtype': _PARAM_DTYPE.value} if _PARAM_DTYPE.value else {}
+  if _PRESET.value:
+    config = config_lib.get_config(_PRESET.value, **overrides)
   else:
-    with open(os.path.join(args.hf_dir, checkpoint.CONFIG_FILE)) as f:
-      config = checkpoint.config_from_hf(json.load(f), **overrides)
-  config, params = checkpoint.load_hf_checkpoint(args.hf_dir, config,
-                                                 trim_vocab=args.trim_vocab)
-  checkpoint.save_converted(args.out_dir, params, config)
-  print(f'Wrote {args.out_dir}: {config.num_layers} layers, vocab '
+    with open(os.path.join(hf_dir, hf.CONFIG_FILE)) as f:
+      config = hf_config.config_from_hf(json.load(f), **overrides)
+  config, params = hf.load_hf_checkpoint(hf_dir, config,
+                                         trim_vocab=_TRIM_VOCAB.value)
+  checkpoint.save_converted(out_dir, params, config)
+  print(f'Wrote {out_dir}: {config.num_layers} layers, vocab '
         f'{config.vocab_size}, params {config.param_dtype}.')
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  app.run(main)

@@ -29,6 +29,7 @@ from pasta_jax.data import encoding
 from pasta_jax.interpreter import engine as engine_lib
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter.config import InterpreterConfig
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import sharding as sharding_lib
 from pasta_jax.models import transformer
 from pasta_jax.settings import Mode, PositionStrategy
@@ -207,7 +208,7 @@ class Interpreter:
     return jax.tree.map(put, tree)
 
   def _new_cache(self, batch: int):
-    return transformer.init_cache(self.model_config, batch, self.config.cache_size)
+    return cache_lib.init_cache(self.model_config, batch, self.config.cache_size)
 
   def hoisted_params(self):
     """`Engine.hoist(self.params)`: the weights the decode loop reads

@@ -44,7 +44,7 @@ from pasta_jax import masks
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter import sampling
 from pasta_jax.interpreter.config import InterpreterConfig
-from pasta_jax.models import transformer
+from pasta_jax.models import cache as cache_lib
 
 RUNNING, DONE, BUDGET, CACHE_FULL = 0, 1, 2, 3
 STATUS_NAMES = {RUNNING: 'running', DONE: 'done', BUDGET: 'budget', CACHE_FULL: 'cache_full'}
@@ -119,7 +119,7 @@ class Engine:
     cfg = self.config
     b, t = prompt_BT.shape
     # The cache may be a stage smaller than cache_size (see `generate`).
-    c_size = transformer.cache_length(cache)
+    c_size = cache_lib.cache_length(cache)
     s, p = cfg.slots, self.num_thread_ids
     index = jnp.arange(t, dtype=jnp.int32)
     valid_BT = index[None, :] < prompt_len_B[:, None]
@@ -137,7 +137,7 @@ class Engine:
     logits, entries = self.model.apply(
         {'params': params}, prompt_BT, positions, (meta_q, meta_q), cache=empty,
         logits_index=(prompt_len_B - 1)[:, None], write_cache=False)
-    cache = transformer.write_entries(cache, entries, jnp.broadcast_to(index, (b, t)))
+    cache = cache_lib.write_entries(cache, entries, jnp.broadcast_to(index, (b, t)))
     is_main = jnp.arange(s) == 0
     state = State(
         cache=cache, entry_thread=entry_thread, entry_clock=entry_clock,
@@ -343,7 +343,7 @@ class Engine:
       logits, entries = call(cache, token_BS, pos_BS, query_meta, new_meta, s)
       slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
       return (sample(logits, slots), logits if record else None,
-              transformer.write_entries(cache, entries, index_BS))
+              cache_lib.write_entries(cache, entries, index_BS))
     # Fed slots first, in slot order: slot j goes to column rank[j], so column r
     # holds the slot whose rank is r (a stable partition, without a sort).
     fed_i = fed_BS.astype(jnp.int32)
@@ -383,7 +383,7 @@ class Engine:
     needed = jnp.max(fed_BS.sum(axis=1))
     branch = jnp.searchsorted(jnp.asarray(widths), needed)
     sampled, logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
-    return sampled, logits, transformer.write_entries(cache, entries, index)
+    return sampled, logits, cache_lib.write_entries(cache, entries, index)
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -612,7 +612,7 @@ class Engine:
       return state
     b = state.ptr.shape[0]
     return state.replace(
-        cache=transformer.grow_cache(state.cache, size),
+        cache=cache_lib.grow_cache(state.cache, size),
         entry_thread=jnp.pad(state.entry_thread, [(0, 0), (0, size - old)],
                              constant_values=NO_THREAD),
         entry_clock=jnp.concatenate(

@@ -8,56 +8,18 @@ kv head, H head_dim, F mlp hidden, V vocab.
 
 from __future__ import annotations
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from pasta_jax.models import layers
+from pasta_jax.models.cache import LayerCache, write_layer
 from pasta_jax.models.config import AttentionType, TransformerConfig
 
 # Score of a masked (query, key) pair. Large and finite, never -inf: a query
 # row that sees no key at all (padding, an idle interpreter slot) then gets a
 # uniform softmax and finite outputs instead of NaN.
 K_MASK = -2.3819763e38
-
-# Logical axis names of the cache arrays.
-CACHE_KV_AXES = ('batch', 'cache_length', 'kv_heads', 'head_dim')
-CACHE_POSITION_AXES = ('batch', 'cache_length')
-
-
-@flax.struct.dataclass
-class LayerCache:
-  """Fixed-length KV cache of one layer.
-
-  Attributes:
-    k: [B, S, K, H] keys, RoPE already applied at their own positions.
-    v: [B, S, K, H] values.
-    positions: [B, S] int32 position of each stored key (used by sliding
-      windows).
-
-  Entries are written at explicit indices chosen by the caller, in any order;
-  an entry never written holds zeros, and the caller's mask must hide it (in
-  AttentionMeta terms: key segment 0).
-  """
-
-  k: jax.Array
-  v: jax.Array
-  positions: jax.Array
-
-
-def write_at(cache_BS: jax.Array, index_BT: jax.Array,
-             update_BT: jax.Array) -> jax.Array:
-  """cache[b, index[b, t]] = update[b, t], a scatter per batch row.
-
-  Invariants the caller keeps: the indices of one row are distinct (two writes
-  to one entry in one call leave either value). An index outside [0, S) is
-  dropped: the caller points writes it wants discarded (e.g. idle slots) at S.
-  """
-  length = cache_BS.shape[1]
-  index_BT = jnp.where(index_BT < 0, length, index_BT)
-  return jax.vmap(lambda c, i, u: c.at[i].set(u, mode='drop'))(
-      cache_BS, index_BT, update_BT.astype(cache_BS.dtype))
 
 
 class Embedder(nn.Module):
@@ -140,7 +102,7 @@ class Attention(nn.Module):
     elif not write_cache:
       # Read-only cache: the keys are the S cached entries as they are, then the
       # T new tokens (the mask's key axis is S + T); the new entries go back to
-      # the caller, who writes them (transformer.write_cache).
+      # the caller, who writes them (cache.write_entries).
       new_cache = LayerCache(k=k_BTKH, v=v_BTKH, positions=positions_BT)
       k_BSKH = (cache.k.astype(cfg.dtype), k_BTKH)
       v_BSKH = (cache.v.astype(cfg.dtype), v_BTKH)
@@ -149,14 +111,9 @@ class Attention(nn.Module):
       # The T new keys/values go to the caller's cache indices (any order,
       # gaps allowed); attention then runs over every cache entry, the new
       # ones included, and the mask alone decides which are visible.
-      new_cache = LayerCache(
-          k=layers.constrain(write_at(cache.k, cache_index_BT, k_BTKH),
-                             CACHE_KV_AXES),
-          v=layers.constrain(write_at(cache.v, cache_index_BT, v_BTKH),
-                             CACHE_KV_AXES),
-          positions=layers.constrain(
-              write_at(cache.positions, cache_index_BT, positions_BT),
-              CACHE_POSITION_AXES))
+      new_cache = write_layer(
+          cache, cache_index_BT,
+          LayerCache(k=k_BTKH, v=v_BTKH, positions=positions_BT))
       k_BSKH = new_cache.k.astype(cfg.dtype)
       v_BSKH = new_cache.v.astype(cfg.dtype)
       key_positions_BS = new_cache.positions

@@ -17,6 +17,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 
@@ -62,5 +63,5 @@ def param_shardings(config: TransformerConfig, mesh: jax.sharding.Mesh,
 def cache_shardings(config: TransformerConfig, mesh: jax.sharding.Mesh,
                     rules: Rules):
   """NamedSharding tree of the cache (structured like `init_cache`'s)."""
-  return nn.logical_to_mesh_sharding(transformer.cache_logical_axes(config),
+  return nn.logical_to_mesh_sharding(cache_lib.cache_logical_axes(config),
                                      mesh, rules)

@@ -11,17 +11,17 @@
   [B, S]; the mask is then built inside the jitted function by
   `masks.visibility_mask`, the project's one visibility rule. S = T without a
   cache; S = cache length with one.
-* `cache`: None, or the pytree of `init_cache` (per layer `LayerCache`); then
-  `cache_index` [B, T] int gives the cache entry each new token's K/V goes to,
-  and attention runs over the whole cache. The key metadata / mask columns
+* `cache`: None, or the pytree of `cache.init_cache` (per layer `LayerCache`);
+  then `cache_index` [B, T] int gives the cache entry each new token's K/V goes
+  to, and attention runs over the whole cache. The key metadata / mask columns
   describe the cache entries *after* this call's writes.
 * `write_cache=False` (with a cache, no `cache_index`): the cache is only read.
   The keys are the S cache entries as they are, then the T new tokens (the mask's
   key axis is S + T), and the call returns the new entries (per layer a
-  `LayerCache` of [B, T] rows) instead of an updated cache; `write_entries` puts
-  them at their indices. A decoder that picks among compiled widths with
-  `lax.switch` uses this to keep the cache out of the branches (a cache that goes
-  through a conditional is copied in and out of it).
+  `LayerCache` of [B, T] rows) instead of an updated cache;
+  `cache.write_entries` puts them at their indices. A decoder that picks among
+  compiled widths with `lax.switch` uses this to keep the cache out of the
+  branches (a cache that goes through a conditional is copied in and out of it).
 
 The model keeps no state between calls and has no special case for threads:
 everything PASTA needs is in positions, the mask and the cache indices.
@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping
+from typing import Mapping
 
 import flax.linen as nn
 import jax
@@ -40,12 +40,9 @@ import numpy as np
 
 from pasta_jax import masks
 from pasta_jax.models import layers
+from pasta_jax.models.cache import Cache, LayerCache
 from pasta_jax.models.config import TransformerConfig
-from pasta_jax.models.modules import (CACHE_KV_AXES, CACHE_POSITION_AXES,
-                                      Block, Embedder, LayerCache, write_at)
-
-Cache = dict[str, LayerCache]
-PartitionSpec = jax.sharding.PartitionSpec
+from pasta_jax.models.modules import Block, Embedder
 
 
 def _shape(x) -> tuple[int, ...]:
@@ -187,67 +184,6 @@ class Transformer(nn.Module):
     return logits_BTV, new_cache
 
 
-def init_cache(config: TransformerConfig, batch: int, length: int,
-               dtype: Any = None) -> Cache:
-  """An empty cache of `length` entries per batch row.
-
-  k and v are zeros in `dtype` (default: the activation dtype), positions are
-  zeros. Nothing marks an entry as empty: the caller's mask hides entries not
-  yet written (key segment 0 in AttentionMeta terms).
-  """
-  dtype = jnp.dtype(config.dtype if dtype is None else dtype)
-  kv_shape = (batch, length, config.num_kv_heads, config.head_dim)
-  return {
-      f'layer_{i}': LayerCache(
-          k=jnp.zeros(kv_shape, dtype), v=jnp.zeros(kv_shape, dtype),
-          positions=jnp.zeros((batch, length), jnp.int32))
-      for i in range(config.num_layers)
-  }
-
-
-def write_entries(cache: Cache, entries: Cache, index_BT) -> Cache:
-  """Writes the new entries of a `write_cache=False` call into the cache.
-
-  `index_BT` [B, T] gives each new token's entry; an index outside [0, S) drops
-  the token (e.g. an idle decoding slot). Indices of one row must be distinct.
-  """
-  index_BT = jnp.asarray(index_BT, jnp.int32)
-  return {name: LayerCache(
-      k=layers.constrain(write_at(c.k, index_BT, entries[name].k), CACHE_KV_AXES),
-      v=layers.constrain(write_at(c.v, index_BT, entries[name].v), CACHE_KV_AXES),
-      positions=layers.constrain(write_at(c.positions, index_BT, entries[name].positions),
-                                 CACHE_POSITION_AXES))
-          for name, c in cache.items()}
-
-
-def cache_length(cache: Cache) -> int:
-  """Entries per batch row of a cache (`init_cache`'s `length`)."""
-  lengths = {c.positions.shape[1] for c in cache.values()}
-  if len(lengths) != 1:
-    raise ValueError(f'cache layers disagree on the number of entries: {sorted(lengths)}')
-  return lengths.pop()
-
-
-def grow_cache(cache: Cache, length: int) -> Cache:
-  """The cache with empty entries (zeros) appended up to `length` per row."""
-  old = cache_length(cache)
-  if length < old:
-    raise ValueError(f'grow_cache: the cache has {old} entries, more than length={length}')
-  pad = lambda x: jnp.pad(x, [(0, 0), (0, length - old)] + [(0, 0)] * (x.ndim - 2))
-  return {name: LayerCache(k=layers.constrain(pad(c.k), CACHE_KV_AXES),
-                           v=layers.constrain(pad(c.v), CACHE_KV_AXES),
-                           positions=layers.constrain(pad(c.positions), CACHE_POSITION_AXES))
-          for name, c in cache.items()}
-
-
-def cache_logical_axes(config: TransformerConfig) -> Cache:
-  """Logical PartitionSpecs of the cache, structured like `init_cache`'s."""
-  kv = PartitionSpec(*CACHE_KV_AXES)
-  return {f'layer_{i}': LayerCache(k=kv, v=kv,
-                                   positions=PartitionSpec(*CACHE_POSITION_AXES))
-          for i in range(config.num_layers)}
-
-
 def _init_boxed(config: TransformerConfig, rng: jax.Array):
   """Flax init on a 1-token dummy batch; params keep their logical boxes."""
   tokens = jnp.zeros((1, 1), jnp.int32)
@@ -275,6 +211,8 @@ def logical_axes(config: TransformerConfig):
 
 
 def count_params(config: TransformerConfig) -> int:
+  """Number of parameters of the model `config` describes (from the shapes:
+  nothing is allocated); the same as that of any param tree of the config."""
   return sum(math.prod(x.shape) for x in jax.tree.leaves(param_shapes(config)))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from pasta_jax.data import pipeline
 from pasta_jax.models import checkpoint as model_checkpoint
+from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.training import checkpointing
 from pasta_jax.training import config as config_lib
@@ -252,9 +253,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   step = int(jax.device_get(state.step))
   bar = metrics_lib.ProgressBar(num_steps, initial=step, stream=stream, enabled=primary)
   bar.message(f'{workdir}: {config.data.mode} training of a '
-              f'{_count(state.params) / 1e6:.2f}M-param model on {jax.device_count()} '
-              f'device(s), mesh {dict(mesh.shape)}, {process_count} host(s); '
-              f'steps {step} -> {num_steps}')
+              f'{transformer.count_params(model_config) / 1e6:.2f}M-param model on '
+              f'{jax.device_count()} device(s), mesh {dict(mesh.shape)}, '
+              f'{process_count} host(s); steps {step} -> {num_steps}')
   for note in notes:
     bar.message(note)
 
@@ -326,10 +327,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.close()
     writer.close()
   return Result(step=step, eval=last_eval, state=state, stopped_by=stopped_by)
-
-
-def _count(params) -> int:
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
 def _describe(result: dict[str, float]) -> str:

@@ -1,19 +1,19 @@
 """Writers of test checkpoints in the official orbax FLAT layout and the Hugging
-Face safetensors layout. Independent of the loaders: the inverse transforms are
-written out here from the GEMMA_FORMATS.md table."""
+Face safetensors layout (files by the safetensors package's writer). Independent
+of the loaders: the inverse transforms are written out here from the
+GEMMA_FORMATS.md table."""
 
 import json
 import os
-import struct
 
+import jax
 import ml_dtypes
 import numpy as np
 import orbax.checkpoint as ocp
+from safetensors.numpy import save_file
 
 from pasta_jax.models.config import AttentionType
-
-_ST_DTYPES = {np.dtype('float32'): 'F32', np.dtype('float16'): 'F16',
-              np.dtype(ml_dtypes.bfloat16): 'BF16'}
+from tests.models import helpers
 
 
 def _leaves(tree, prefix=()):
@@ -85,20 +85,26 @@ def hf_state_dict(params, config, family):
   return {name: np.ascontiguousarray(v) for name, v in out.items()}
 
 
-def write_safetensors(path, tensors):
-  """Minimal safetensors writer: header padded with spaces to 8 bytes."""
-  header, chunks, offset = {'__metadata__': {'format': 'pt'}}, [], 0
-  for name, value in tensors.items():
-    value = np.ascontiguousarray(value)
-    data = value.astype(value.dtype.newbyteorder('<')).tobytes()
-    header[name] = {'dtype': _ST_DTYPES[value.dtype], 'shape': list(value.shape),
-                    'data_offsets': [offset, offset + len(data)]}
-    chunks.append(data)
-    offset += len(data)
-  raw = json.dumps(header).encode()
-  raw += b' ' * (-len(raw) % 8)
-  with open(path, 'wb') as f:
-    f.write(struct.pack('<Q', len(raw)) + raw + b''.join(chunks))
+def logits(config, params):
+  """Logits of a causal forward pass over 8 tokens."""
+  tokens = helpers.tokens_for(config, 1, 8, seed=4)
+  positions = np.arange(8, dtype=np.int32)[None]
+  meta = helpers.causal(1, 8)
+  return helpers.forward(config, params, tokens, positions, (meta, meta))
+
+
+def assert_same_params(a, b):
+  """The same tree, with equal values in float32."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(lambda x, y: np.testing.assert_array_equal(
+      np.asarray(x, np.float32), np.asarray(y, np.float32)), a, b)
+
+
+def bf16_exact(params):
+  """float32 params whose values are exactly representable in bfloat16."""
+  return jax.tree.map(
+      lambda x: np.asarray(x).astype(ml_dtypes.bfloat16).astype(np.float32),
+      params)
 
 
 def write_hf_checkpoint(directory, tensors, hf_config, shards=1):
@@ -108,13 +114,14 @@ def write_hf_checkpoint(directory, tensors, hf_config, shards=1):
     json.dump(hf_config, f)
   names = sorted(tensors)
   if shards == 1:
-    write_safetensors(os.path.join(directory, 'model.safetensors'), tensors)
+    save_file(tensors, os.path.join(directory, 'model.safetensors'),
+              metadata={'format': 'pt'})
     return
   weight_map = {}
   for s in range(shards):
     filename = f'model-{s + 1:05d}-of-{shards:05d}.safetensors'
     part = {n: tensors[n] for n in names[s::shards]}
-    write_safetensors(os.path.join(directory, filename), part)
+    save_file(part, os.path.join(directory, filename), metadata={'format': 'pt'})
     weight_map.update({n: filename for n in part})
   with open(os.path.join(directory, 'model.safetensors.index.json'), 'w') as f:
     json.dump({'metadata': {}, 'weight_map': weight_map}, f)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pasta_jax import masks
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
 from pasta_jax.models.config import (GEMMA2_PATTERN, GLOBAL, LOCAL,
                                      TransformerConfig)
@@ -124,7 +125,7 @@ def read_only_apply(config):
   def apply(params, tokens, positions, attention, cache, index):
     logits, entries = model.apply({'params': params}, tokens, positions, attention,
                                   cache, write_cache=False)
-    return logits, transformer.write_entries(cache, entries, index)
+    return logits, cache_lib.write_entries(cache, entries, index)
   return jax.jit(apply)
 
 
@@ -141,7 +142,7 @@ def decode(config, params, tokens, positions, meta, steps, slots, cache_length,
   """
   apply = (read_only_apply if read_only else jitted_apply)(config)
   b, length = tokens.shape
-  cache = transformer.init_cache(config, b, cache_length, cache_dtype)
+  cache = cache_lib.init_cache(config, b, cache_length, cache_dtype)
   key_meta = masks.AttentionMeta(*(np.zeros((b, cache_length), np.int32)
                                    for _ in masks.AttentionMeta._fields))
   out = np.full((b, length, config.vocab_size), np.nan, np.float32)

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 
 from pasta_jax import masks  # noqa: E402
+from pasta_jax.models import cache as cache_lib  # noqa: E402
 from pasta_jax.models import checkpoint, sharding, transformer  # noqa: E402
 from pasta_jax.models.config import GEMMA2_PATTERN, TransformerConfig  # noqa: E402
 
@@ -58,7 +59,7 @@ def run(config, workdir):
   apply = lambda p, *a: model.apply({'params': p}, *a)
 
   expected, _ = jax.jit(apply)(host_params, tokens, positions, (meta, meta))
-  cache = transformer.init_cache(config, B, S)
+  cache = cache_lib.init_cache(config, B, S)
   key_meta = masks.AttentionMeta(*(np.zeros((B, S), np.int32) for _ in meta))
   index = np.broadcast_to(np.arange(T)[::-1] + 1, (B, T)).astype(np.int32)
   for k, q in zip(key_meta, meta):
@@ -71,7 +72,7 @@ def run(config, workdir):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     logits, _ = jax.jit(apply)(params, put(tokens), put(positions),
                                jax.tree.map(put, (meta, meta)))
-    cache = jax.jit(lambda: transformer.init_cache(config, B, S),
+    cache = jax.jit(lambda: cache_lib.init_cache(config, B, S),
                     out_shardings=sharding.cache_shardings(config, mesh,
                                                            rules))()
     step, new_cache = jax.jit(apply)(params, put(tokens), put(positions),

@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
 from tests.models import helpers
 
@@ -62,7 +63,7 @@ def test_interleaved_threads_decode_matches_training_forward(read_only):
 def test_cache_writes_scatter_and_drop():
   config = helpers.CONFIGS['gemma1_mqa']
   params = helpers.params_for(config)
-  cache = transformer.init_cache(config, 1, 6, np.float32)
+  cache = cache_lib.init_cache(config, 1, 6, np.float32)
   tokens = np.array([[5, 6, 7]], np.int32)
   positions = np.array([[10, 11, 12]], np.int32)
   index = np.array([[4, 6, -1]], np.int32)  # 6 and -1 are outside [0, 6)
@@ -98,7 +99,7 @@ def test_read_only_cache_errors():
   model = transformer.Transformer(config)
   tokens = helpers.tokens_for(config, B, 2, seed=3)
   positions = np.zeros((B, 2), np.int32)
-  cache = transformer.init_cache(config, B, S)
+  cache = cache_lib.init_cache(config, B, S)
   mask = np.ones((B, 2, S + 2), bool)
   with pytest.raises(ValueError, match='pass no cache_index'):
     model.apply({'params': params}, tokens, positions, mask, cache,
@@ -117,20 +118,20 @@ def test_read_only_cache_errors():
 
 def test_grow_cache_appends_empty_entries():
   config = helpers.CONFIGS['gemma1_mqa']
-  cache = transformer.init_cache(config, B, 4, np.float32)
+  cache = cache_lib.init_cache(config, B, 4, np.float32)
   filled = jax.tree.map(lambda x: x + 1, cache)
-  grown = transformer.grow_cache(filled, 7)
-  assert transformer.cache_length(grown) == 7
+  grown = cache_lib.grow_cache(filled, 7)
+  assert cache_lib.cache_length(grown) == 7
   for name, layer in grown.items():
     for old, new in zip(jax.tree.leaves(filled[name]), jax.tree.leaves(layer)):
       assert new.shape[1] == 7 and new.dtype == old.dtype
       np.testing.assert_array_equal(new[:, :4], old)
       assert not np.asarray(new[:, 4:]).any()
-  same = transformer.grow_cache(filled, 4)  # the same length: allowed, nothing added
+  same = cache_lib.grow_cache(filled, 4)  # the same length: allowed, nothing added
   for old, new in zip(jax.tree.leaves(filled), jax.tree.leaves(same)):
     np.testing.assert_array_equal(new, old)
   with pytest.raises(ValueError, match='has 4 entries, more than length=3'):
-    transformer.grow_cache(filled, 3)
+    cache_lib.grow_cache(filled, 3)
   mixed = {**cache, 'layer_0': jax.tree.map(lambda x: x[:, :2], cache['layer_0'])}
   with pytest.raises(ValueError, match='disagree on the number of entries: \\[2, 4\\]'):
-    transformer.cache_length(mixed)
+    cache_lib.cache_length(mixed)

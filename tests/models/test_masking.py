@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pasta_jax import masks
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
 from tests.models import helpers
 
@@ -58,7 +59,7 @@ def test_attention_meta_equals_explicit_mask():
   np.testing.assert_array_equal(from_meta, from_mask)
   # And with a cache: a prefill of every token into a longer cache.
   n, s = tokens.shape[1], 20
-  cache = transformer.init_cache(CONFIG, 2, s, jnp.float32)
+  cache = cache_lib.init_cache(CONFIG, 2, s, jnp.float32)
   index = np.broadcast_to(np.arange(n)[::-1] + 3, (2, n)).astype(np.int32)
   key_meta = masks.AttentionMeta(*(np.zeros((2, s), np.int32) for _ in meta))
   for k, q in zip(key_meta, meta):
@@ -97,7 +98,7 @@ def test_bad_arguments_fail_clearly():
   positions = np.zeros((2, 4), np.int32)
   mask = np.ones((2, 4, 4), bool)
   meta = helpers.causal(2, 4)
-  cache = transformer.init_cache(CONFIG, 2, 8)
+  cache = cache_lib.init_cache(CONFIG, 2, 8)
   index = np.zeros((2, 4), np.int32)
   with pytest.raises(ValueError, match=r'attention mask has shape \(2, 4, 3\)'):
     apply(tokens, positions, mask[..., :3])
@@ -124,4 +125,4 @@ def test_bad_arguments_fail_clearly():
         'layer_0']}, index)
   with pytest.raises(ValueError, match=r"cache\['layer_0'\] has k"):
     apply(tokens, positions, np.ones((2, 4, 8), bool),
-          transformer.init_cache(CONFIG, 1, 8), index)
+          cache_lib.init_cache(CONFIG, 1, 8), index)

@@ -14,6 +14,7 @@ import pytest
 
 from pasta_jax.models import checkpoint
 from pasta_jax.models import config as config_lib
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
 
 SNAPSHOT = os.path.join(os.path.dirname(__file__), 'param_paths.json')
@@ -113,7 +114,7 @@ def test_every_weight_has_logical_axes():
   assert flat_axes['layer_0/attn/kv_einsum/w'] == (None, 'kv_heads', 'embed',
                                                    'head_dim')
   assert flat_axes['layer_0/mlp/gating_einsum'] == (None, 'mlp', 'embed')
-  cache_axes = transformer.cache_logical_axes(config)['layer_3']
+  cache_axes = cache_lib.cache_logical_axes(config)['layer_3']
   assert tuple(cache_axes.k) == ('batch', 'cache_length', 'kv_heads',
                                  'head_dim')
   assert tuple(cache_axes.positions) == ('batch', 'cache_length')
