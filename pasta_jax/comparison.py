@@ -1,4 +1,4 @@
-"""Evaluation: a PASTA model against its sequential baseline on the benchmark.
+"""PASTA runs against their sequential baseline: per-prompt rows, summaries, tables, plots.
 
 For every test prompt both models decode (batch 1, greedy, compile time excluded)
 through the interpreter; per prompt we keep the quality (the family's checker),
