@@ -146,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     config: a training config (`configs/*.py`); missing fields take the defaults
       of `training.config.defaults()`.
     workdir: the run directory; resumed from its latest checkpoint if it has one.
-    stream: where the progress bar and messages go (default stdout; process 0).
+    stream: where the progress bar and messages go (process 0; default: the bar
+      on stderr, the messages on stdout).
   """
   config = config_lib.resolve(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
