@@ -88,7 +88,7 @@ def main(argv: Sequence[str]) -> None:
   source = inputs.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
   rows = comparison.evaluate_many(dict(zip(runs, pastas)), baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,
-                                  progress=comparison.print_progress)
+                                  progress=True)
   summaries = {name: comparison.summarize(rows[name]) for name in runs}
   if len(runs) == 1:
     summary = summaries[next(iter(runs))]

@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
+from tqdm import auto as tqdm_auto
 
 from pasta_jax import lang
 from pasta_jax import layout
@@ -80,7 +81,7 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
   stats = collections.defaultdict(lambda: collections.defaultdict(list))
   sample = None
   for split, source in sources.items():
-    for i in range(len(source)):
+    for i in tqdm_auto.trange(len(source), desc=f'checking {split}', unit='example'):
       record = source[i]
       prompt = tfds_builders.decode_text(record['prompt'])
       family = tfds_builders.decode_text(record['family'])

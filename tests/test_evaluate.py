@@ -40,16 +40,15 @@ def runs(tmp_path_factory):
   jax.config.update('jax_disable_most_optimizations', previous)
 
 
-def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
+def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path, capsys):
   pasta_dir, seq_dir, _ = runs
   pasta, baseline, run = comparison.load_pair(pasta_dir, seq_dir, max_steps=48,
                                               cache_size=256)
   assert pasta.config.slots == run.config.interpreter.slots and baseline.config.sequential
   source = inputs.data_sources(run.config.data, ['test'])['test']
-  progress = []
-  rows = comparison.evaluate(pasta, baseline, source, num_prompts=4,
-                             progress=lambda done, total: progress.append((done, total)))
-  assert progress[-1] == (4, 4) and len(rows) == 4
+  rows = comparison.evaluate(pasta, baseline, source, num_prompts=4, progress=True)
+  bar = capsys.readouterr().err  # tqdm's bar
+  assert 'evaluating: 100%' in bar and '| 4/4 [' in bar and len(rows) == 4
   for row in rows:
     assert 0.0 <= row.pasta_quality <= 1.0 and 0.0 <= row.baseline_quality <= 1.0
     assert row.pasta_decode_seconds > 0 and row.baseline_decode_seconds > 0
