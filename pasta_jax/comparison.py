@@ -15,8 +15,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import os
+import statistics
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -71,8 +71,9 @@ class PromptResult:
 
 
 def geomean(values: Sequence[float]) -> float:
+  """The geometric mean of the positive values; NaN when there are none."""
   values = [v for v in values if v > 0]
-  return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float('nan')
+  return statistics.geometric_mean(values) if values else float('nan')
 
 
 def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
