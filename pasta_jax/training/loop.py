@@ -41,7 +41,7 @@ from pasta_jax.training.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class Result:
+class TrainingResult:
   """What `train_and_evaluate` ends with.
 
   Attributes:
@@ -139,7 +139,7 @@ def _rows(batch_size: int, process_count: int) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stream: IO[str] | None = None) -> Result:
+                       stream: IO[str] | None = None) -> TrainingResult:
   """Trains (or resumes) the run in `workdir` to `config.train.num_steps`.
 
   Args:
@@ -326,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-  return Result(step=step, eval=last_eval, state=state, stopped_by=stopped_by)
+  return TrainingResult(step=step, eval=last_eval, state=state, stopped_by=stopped_by)
 
 
 def _count(params) -> int:
