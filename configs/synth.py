@@ -1,8 +1,8 @@
 r"""The synthetic PASTA benchmark on CPU (the project's built-in default).
 
-Train the PASTA model and the sequential baseline (about 20 minutes together on
-2 CPU cores; each leaves checkpoints, its tokenizer and its config in its
-workdir, which `pasta_jax.training.checkpointing.load_run` reads back):
+Train the PASTA model and the sequential baseline (minutes on a CPU: docs/benchmarks.md;
+each leaves checkpoints, its tokenizer and its config in its workdir, which
+`pasta_jax.training.checkpointing.load_run` reads back):
 
   python -m pasta_jax.train --config configs/synth.py --workdir workdir/synth_pasta
   python -m pasta_jax.train --config configs/synth.py:sequential --workdir workdir/synth_sequential
@@ -68,8 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # The model: every TransformerConfig field; vocab_size 0 = the tokenizer's. The
   # `tiny` preset (1.05M params, 4 layers, D=128, local/global attention) learns the
-  # benchmark to >97% token accuracy within the CPU budget: at 8 rows x 320 tokens
-  # a step takes ~0.4 s on 2 cores, and a larger model gets too few steps.
+  # benchmark to >97% token accuracy within the CPU budget; a larger model is slower
+  # per step and gets too few steps in it (step times: docs/benchmarks.md).
   config.model = config_lib.model_fields('tiny', vocab_size=0)
 
   config.optimizer.lr = 3e-3

@@ -18,6 +18,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
+from pasta_jax import thread_colors
+
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _PROMPTS = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeatable).')
@@ -29,10 +31,6 @@ _SLOTS = flags.DEFINE_integer('slots', None, 'Thread slots (default: the run con
 _MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Decode rounds per request.')
 _TRACE = flags.DEFINE_string('trace', None, 'Write a JSON trace here.')
 _COLOR = flags.DEFINE_enum('color', 'auto', ['auto', 'always', 'never'], 'Thread colours.')
-
-PALETTE = ('\033[1m', '\033[36m', '\033[33m', '\033[35m', '\033[32m', '\033[34m',
-           '\033[31m', '\033[96m')
-RESET = '\033[0m'
 
 
 def coloured_answer(result, color: bool) -> str:
@@ -47,20 +45,17 @@ def coloured_answer(result, color: bool) -> str:
     elif isinstance(node, lang.Promise):
       thread += 1
       out.append((thread, node.body or ''))
-  if not color:
-    return ''.join(text for _, text in out)
-  return ''.join(f'{PALETTE[k % len(PALETTE)]}{text}{RESET}' for k, text in out)
+  return ''.join(thread_colors.paint(text, k, color) for k, text in out)
 
 
 def report(result, tokenizer, color: bool) -> str:
   lines = [f'prompt: {result.prompt}', 'answer:', coloured_answer(result, color), '']
   for span in result.threads:
-    paint = PALETTE[span.thread % len(PALETTE)] if color else ''
     name = 'main' if span.thread == 0 else f'thread {span.thread}'
     text = tokenizer.decode_text([t for t in span.tokens
                                   if t not in tokenizer.control.tag_ids
                                   and t != tokenizer.eos_id])
-    lines.append(f'  {paint}{name:>9}{RESET if color else ""} rounds '
+    lines.append(f'  {thread_colors.paint(f"{name:>9}", span.thread, color)} rounds '
                  f'{span.first_round:>3}-{span.last_round:<3} {len(span.tokens):>4} tokens '
                  f'| {text!r}')
   lines.append(f'status {result.status}: {result.steps} rounds, {result.total_tokens} '

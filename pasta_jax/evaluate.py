@@ -3,12 +3,13 @@ r"""Evaluate PASTA models against their sequential baseline.
   python -m pasta_jax.evaluate --pasta workdir/synth_pasta \
       --sequential workdir/synth_sequential --out workdir/eval
 
-Decodes the test split with both models through the interpreter (batch 1,
-greedy, compile time excluded) and writes to --out: results.json (per prompt and
-per family), table.md (printed too), pareto.png (quality against speedup),
-speedups.png (per-prompt speedup distribution), timeline.png (which thread wrote
-which token in which round, for one answer), and alpaca_eval_{pasta,sequential}.json
-(AlpacaEval's model-outputs format, for a judge elsewhere).
+Decodes the test split with both models through the interpreter (batch 1, greedy,
+compile time excluded; the library is `pasta_jax.comparison`) and writes to --out:
+results.json (per prompt and per family), table.md (printed too), pareto.png
+(quality against speedup), speedups.png (per-prompt speedup distribution),
+timeline.png (which thread wrote which token in which round, for one answer), and
+alpaca_eval_{pasta,sequential}.json (AlpacaEval's model-outputs format, for a judge
+elsewhere).
 
 Several PASTA runs (e.g. the position-strategy ablation) are compared in one pass:
 
@@ -69,7 +70,7 @@ def main(argv: Sequence[str]) -> None:
   if not (_PASTA.value and _SEQUENTIAL.value and _OUT.value):
     raise app.UsageError('--pasta, --sequential and --out are required')
   runs = parse_runs(_PASTA.value)
-  from pasta_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import inputs  # pylint: disable=g-import-not-at-top
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
                                  ('cache_size', _CACHE_SIZE.value)) if v is not None}
@@ -80,33 +81,33 @@ def main(argv: Sequence[str]) -> None:
       except ValueError as e:
         raise app.UsageError(f'--{flag.name}: expected integers, got {flag.value}') from e
   try:
-    pastas, baseline, pasta_runs = evaluation.load_runs(list(runs.values()),
+    pastas, baseline, pasta_runs = comparison.load_runs(list(runs.values()),
                                                         _SEQUENTIAL.value, **overrides)
   except ValueError as e:  # a run of the wrong mode, or interpreter settings out of range
     raise app.UsageError(str(e)) from e
   source = inputs.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
-  rows = evaluation.evaluate_many(dict(zip(runs, pastas)), baseline, source,
+  rows = comparison.evaluate_many(dict(zip(runs, pastas)), baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,
-                                  progress=evaluation.print_progress)
-  summaries = {name: evaluation.summarize(rows[name]) for name in runs}
+                                  progress=True)
+  summaries = {name: comparison.summarize(rows[name]) for name in runs}
   if len(runs) == 1:
     summary = summaries[next(iter(runs))]
-    paths = evaluation.write_outputs(rows[next(iter(runs))], summary, _OUT.value)
-    print(evaluation.markdown_table(summary))
+    paths = comparison.write_outputs(rows[next(iter(runs))], summary, _OUT.value)
+    print(comparison.markdown_table(summary))
   else:
     paths = {}
     for name in runs:
       out = os.path.join(_OUT.value, name)
-      evaluation.write_outputs(rows[name], summaries[name], out)
-      print(f'\n{name}:\n{evaluation.markdown_table(summaries[name])}')
+      comparison.write_outputs(rows[name], summaries[name], out)
+      print(f'\n{name}:\n{comparison.markdown_table(summaries[name])}')
       paths[name] = out
-    settings = {name: evaluation.position_setting(run, interp)
+    settings = {name: comparison.position_setting(run, interp)
                 for name, run, interp in zip(runs, pasta_runs, pastas)}
-    table = evaluation.comparison_table(summaries, settings)
+    table = comparison.comparison_table(summaries, settings)
     paths['comparison'] = os.path.join(_OUT.value, 'comparison.md')
     with open(paths['comparison'], 'w', encoding='utf-8') as f:
       f.write(table + '\n')
-    paths['pareto'] = evaluation.pareto_plot(summaries, os.path.join(_OUT.value, 'pareto.png'))
+    paths['pareto'] = comparison.pareto_plot(summaries, os.path.join(_OUT.value, 'pareto.png'))
     print('\n' + table)
   print('\n' + '\n'.join(f'{name}: {path}' for name, path in paths.items()))
 

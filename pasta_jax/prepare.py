@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import os
+import statistics
 import sys
 import time
 from typing import Sequence
@@ -23,9 +23,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
+from tqdm import auto as tqdm_auto
 
 from pasta_jax import lang
 from pasta_jax import layout
+from pasta_jax import thread_colors
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import build
 from pasta_jax.data import encoding
@@ -38,17 +40,11 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:pr
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
 
 
-def _geomean(values: Sequence[float]) -> float:
-  return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float('nan')
-
-
 SPLITS = ('train', 'validation', 'test')
 
 
 def thread_view(doc: lang.Document, color: bool) -> str:
   """The main thread and each async thread on their own lines (one colour each)."""
-  palette = ['\033[1m', '\033[36m', '\033[33m', '\033[35m', '\033[32m', '\033[34m']
-  reset = '\033[0m' if color else ''
   main, threads = [], []
   for node in doc.nodes:
     if isinstance(node, lang.Promise):
@@ -58,11 +54,9 @@ def thread_view(doc: lang.Document, color: bool) -> str:
       main.append(lang.serialize(lang.Document((node,))))
   rows = [('main', ''.join(main))] + [(f'thread {k}', body)
                                        for k, body in enumerate(threads, 1)]
-  lines = []
-  for k, (name, text) in enumerate(rows):
-    paint = palette[k % len(palette)] if color else ''
-    lines.append(f'  {paint}{name:>9}{reset} | {paint}{text!r}{reset}')
-  return '\n'.join(lines)
+  return '\n'.join(f'  {thread_colors.paint(f"{name:>9}", k, color)} | '
+                   f'{thread_colors.paint(repr(text), k, color)}'
+                   for k, (name, text) in enumerate(rows))
 
 
 def prepare(config, workdir: str, out=sys.stdout) -> dict:
@@ -80,7 +74,7 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
   stats = collections.defaultdict(lambda: collections.defaultdict(list))
   sample = None
   for split, source in sources.items():
-    for i in range(len(source)):
+    for i in tqdm_auto.trange(len(source), desc=f'checking {split}', unit='example'):
       record = source[i]
       prompt = tfds_builders.decode_text(record['prompt'])
       family = tfds_builders.decode_text(record['family'])
@@ -137,7 +131,7 @@ def _report(tok, stats, sample, batch_info, builder, seconds, out) -> dict:
         'examples': len(speedup), 'response_tokens': float(np.mean(row['response'])),
         'plain_tokens': float(np.mean(row['plain'])),
         'promises': float(np.mean(row['promises'])),
-        'speedup_geomean': _geomean(speedup), 'speedup_min': min(speedup),
+        'speedup_geomean': statistics.geometric_mean(speedup), 'speedup_min': min(speedup),
         'speedup_max': max(speedup),
         'speedup_p10_p50_p90': [float(v) for v in np.percentile(speedup, [10, 50, 90])]}
     s = summary[f'{split}/{family}']

@@ -37,7 +37,7 @@ def main(argv: Sequence[str]) -> None:
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required')
   if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # progress goes to stdout; -v 0 shows INFO
+    logging.set_verbosity(logging.WARNING)  # the bar is on stderr; -v 0 shows INFO
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()

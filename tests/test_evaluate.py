@@ -11,7 +11,7 @@ import sys
 import jax
 import pytest
 
-from pasta_jax import evaluation
+from pasta_jax import comparison
 from pasta_jax import lang
 from pasta_jax.training import inputs
 from pasta_jax.training import loop
@@ -40,16 +40,15 @@ def runs(tmp_path_factory):
   jax.config.update('jax_disable_most_optimizations', previous)
 
 
-def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
+def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path, capsys):
   pasta_dir, seq_dir, _ = runs
-  pasta, baseline, run = evaluation.load_pair(pasta_dir, seq_dir, max_steps=48,
+  pasta, baseline, run = comparison.load_pair(pasta_dir, seq_dir, max_steps=48,
                                               cache_size=256)
   assert pasta.config.slots == run.config.interpreter.slots and baseline.config.sequential
   source = inputs.data_sources(run.config.data, ['test'])['test']
-  progress = []
-  rows = evaluation.evaluate(pasta, baseline, source, num_prompts=4,
-                             progress=lambda done, total: progress.append((done, total)))
-  assert progress[-1] == (4, 4) and len(rows) == 4
+  rows = comparison.evaluate(pasta, baseline, source, num_prompts=4, progress=True)
+  bar = capsys.readouterr().err  # tqdm's bar
+  assert 'evaluating: 100%' in bar and '| 4/4 [' in bar and len(rows) == 4
   for row in rows:
     assert 0.0 <= row.pasta_quality <= 1.0 and 0.0 <= row.baseline_quality <= 1.0
     assert row.pasta_decode_seconds > 0 and row.baseline_decode_seconds > 0
@@ -59,11 +58,11 @@ def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
         / (row.pasta_prefill_seconds + row.pasta_decode_seconds))
     assert row.theoretical_speedup == row.baseline_tokens / row.pasta_steps
     assert row.pasta_tokens == len(row.timeline)
-  summary = evaluation.summarize(rows)
+  summary = comparison.summarize(rows)
   assert summary['all']['prompts'] == 4 and set(summary) >= {'all'}
   families = [name for name in summary if name != 'all']
   assert sum(summary[f]['prompts'] for f in families) == 4
-  paths = evaluation.write_outputs(rows, summary, str(tmp_path))
+  paths = comparison.write_outputs(rows, summary, str(tmp_path))
   for name in ('results', 'table', 'pareto', 'speedups', 'timeline',
                'alpaca_eval_pasta', 'alpaca_eval_sequential'):
     assert os.path.getsize(paths[name]) > 0, name
@@ -77,16 +76,16 @@ def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
   assert [o['output'] for o in outputs] == [r.pasta_text for r in rows]
   with open(paths['results']) as f:
     assert json.load(f)['summary']['all']['prompts'] == 4
-  table = evaluation.markdown_table(summary)
+  table = comparison.markdown_table(summary)
   assert table.splitlines()[0].startswith('| family | prompts |') and '| all | 4 |' in table
 
 
 def test_several_runs_are_compared_side_by_side(runs, tmp_path):
   pasta_dir, seq_dir, _ = runs
-  pastas, baseline, pasta_runs = evaluation.load_runs(
+  pastas, baseline, pasta_runs = comparison.load_runs(
       [pasta_dir, pasta_dir], seq_dir, max_steps=32, cache_size=256)
   source = inputs.data_sources(pasta_runs[0].config.data, ['test'])['test']
-  rows = evaluation.evaluate_many({'a': pastas[0], 'b': pastas[1]}, baseline, source,
+  rows = comparison.evaluate_many({'a': pastas[0], 'b': pastas[1]}, baseline, source,
                                   num_prompts=3)
   assert set(rows) == {'a', 'b'} and len(rows['a']) == len(rows['b']) == 3
   # The baseline decodes each prompt once: both runs carry the same measurement.
@@ -94,13 +93,13 @@ def test_several_runs_are_compared_side_by_side(runs, tmp_path):
           == [r.baseline_decode_seconds for r in rows['b']])
   # The same weights decode the same answers (greedy).
   assert [r.pasta_text for r in rows['a']] == [r.pasta_text for r in rows['b']]
-  summaries = {name: evaluation.summarize(rows[name]) for name in rows}
-  settings = {'a': evaluation.position_setting(pasta_runs[0], pastas[0]), 'b': 'x'}
+  summaries = {name: comparison.summarize(rows[name]) for name in rows}
+  settings = {'a': comparison.position_setting(pasta_runs[0], pastas[0]), 'b': 'x'}
   assert settings['a'] == 'trained predicted, decoded predicted'
-  table = evaluation.comparison_table(summaries, settings).splitlines()
+  table = comparison.comparison_table(summaries, settings).splitlines()
   assert table[0].startswith('| run | setting |') and len(table) == 4
   assert table[2].startswith('| a | trained predicted, decoded predicted | ')
-  path = evaluation.pareto_plot(summaries, str(tmp_path / 'pareto.png'))
+  path = comparison.pareto_plot(summaries, str(tmp_path / 'pareto.png'))
   with open(path, 'rb') as f:
     assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
@@ -158,11 +157,11 @@ def test_run_names():
 def test_summary_aggregates_by_hand():
   # Fields: prompt, family, baseline text/quality/tokens/decode s/prefill s, PASTA
   # text/annotated/quality/tokens/steps/decode s/prefill s, statuses.
-  rows = [evaluation.PromptResult('p', 'f', 'b', 1.0, 10, 2.0, 1.0, 'x', None, 0.5, 12, 5,
+  rows = [comparison.PromptResult('p', 'f', 'b', 1.0, 10, 2.0, 1.0, 'x', None, 0.5, 12, 5,
                                   1.0, 1.0, 'done', 'done'),
-          evaluation.PromptResult('q', 'f', 'b', 0.0, 40, 8.0, 2.0, 'y', None, 1.0, 44, 10,
+          comparison.PromptResult('q', 'f', 'b', 0.0, 40, 8.0, 2.0, 'y', None, 1.0, 44, 10,
                                   2.0, 3.0, 'done', 'done')]
-  s = evaluation.summarize(rows)['f']
+  s = comparison.summarize(rows)['f']
   assert s['baseline_quality'] == 50.0 and s['pasta_quality'] == 75.0
   assert s['theoretical_speedup'] == pytest.approx((2.0 * 4.0) ** 0.5)
   # Wall-clock: decode times only (2/1 and 8/2); end to end: with the prefill.

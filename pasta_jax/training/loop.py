@@ -42,7 +42,7 @@ from pasta_jax.training.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
-class Result:
+class TrainingResult:
   """What `train_and_evaluate` ends with.
 
   Attributes:
@@ -140,14 +140,15 @@ def _rows(batch_size: int, process_count: int) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stream: IO[str] | None = None) -> Result:
+                       stream: IO[str] | None = None) -> TrainingResult:
   """Trains (or resumes) the run in `workdir` to `config.train.num_steps`.
 
   Args:
     config: a training config (`configs/*.py`); missing fields take the defaults
       of `training.config.defaults()`.
     workdir: the run directory; resumed from its latest checkpoint if it has one.
-    stream: where the progress bar and messages go (default stdout; process 0).
+    stream: where the progress bar and messages go (process 0; default: the bar
+      on stderr, the messages on stdout).
   """
   config = config_lib.resolve(config)
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -326,7 +327,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpoints.wait()
     checkpoints.close()
     writer.close()
-  return Result(step=step, eval=last_eval, state=state, stopped_by=stopped_by)
+  return TrainingResult(step=step, eval=last_eval, state=state, stopped_by=stopped_by)
 
 
 def _describe(result: dict[str, float]) -> str:

@@ -1,18 +1,21 @@
-"""What a run shows and records: a console progress bar, TensorBoard events, metrics.jsonl.
+"""What a run shows and records: a tqdm progress bar, TensorBoard events, metrics.jsonl.
 
-Only process 0 writes (the others get disabled writers). The progress bar
-rewrites one line with carriage returns on a terminal; when stdout is not a
+Only process 0 writes (the others get disabled writers). The progress bar is
+redrawn in place on a terminal (a widget in a notebook); when its stream is not a
 terminal (a log file, CI) it prints a plain line at every logging step instead.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from typing import IO, Mapping
+
+from tqdm import auto as tqdm_auto
+from tqdm import autonotebook
+from tqdm import std as tqdm_std
 
 
 class MetricWriter:
@@ -62,94 +65,80 @@ class MetricWriter:
       self._jsonl = None
 
 
-def format_duration(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return '?'
-  seconds = int(round(seconds))
-  hours, rest = divmod(seconds, 3600)
-  minutes, seconds = divmod(rest, 60)
-  return f'{hours}:{minutes:02d}:{seconds:02d}' if hours else f'{minutes}:{seconds:02d}'
+_BAR_FORMAT = 'step {n_fmt}/{total_fmt} [{bar}]{postfix} | {elapsed} elapsed, ETA {remaining}'
 
 
 class ProgressBar:
-  """`step 120/2000 [##-------] loss 1.234 | 5,120 tok/s | 0:41 elapsed, ETA 10:03`.
+  """A tqdm bar of the run: step, loss, accuracy, tokens/s, elapsed time and ETA.
 
-  `update(step)` after every step (cheap: no device sync), `set_metrics` when
-  new numbers are known, `message` for lines that must stay (eval results).
+  `step 120/2000 [#1  ], loss 1.2340 | acc 50.0% | 5,120 tok/s | 00:41 elapsed, ETA 10:03`,
+  redrawn in place on a terminal and a widget in a notebook. Where
+  nothing is redrawn (a log file, CI, captured output) it prints the same line,
+  formatted by tqdm, each time `set_metrics` brings new numbers. `update(step)`
+  after every step (cheap: no device sync), `set_metrics` when new numbers are
+  known, `message` for lines that must stay (eval results) above the bar.
   """
 
   def __init__(self, total: int, *, initial: int = 0, stream: IO[str] | None = None,
-               enabled: bool = True, width: int = 24, min_interval: float = 0.2,
-               tty: bool | None = None):
-    self.total, self.enabled, self.width = total, enabled, width
-    self._stream = sys.stdout if stream is None else stream
-    self._tty = (hasattr(self._stream, 'isatty') and self._stream.isatty()) if tty is None \
-        else tty
-    self._min_interval = min_interval
-    self._start_step, self._step = initial, initial
+               enabled: bool = True, min_interval: float = 0.2, tty: bool | None = None):
+    """Starts the bar at step `initial`.
+
+    Args:
+      total: the last step.
+      initial: the step the run starts from (a resumed run's), for the ETA.
+      stream: where the bar and the messages go; None: the bar on stderr and
+        the messages on stdout, as tqdm does.
+      enabled: False on the processes other than process 0: nothing shows.
+      min_interval: seconds between two redraws.
+      tty: whether to redraw in place; None: in a notebook or when the bar's
+        stream is a terminal.
+    """
+    self.enabled = enabled
+    self._stream = stream
+    if tty is None:
+      shown_on = sys.stderr if stream is None else stream
+      tty = (autonotebook.tqdm is not tqdm_std.tqdm
+             or (hasattr(shown_on, 'isatty') and shown_on.isatty()))
+    self._bar = tqdm_auto.tqdm(total=total, initial=initial, file=stream,
+                               mininterval=min_interval, bar_format=_BAR_FORMAT,
+                               dynamic_ncols=True) if enabled and tty else None
+    self._total, self._initial, self._step = total, initial, initial
     self._start = time.time()
-    self._last_draw = 0.0
     self._metrics: dict[str, float] = {}
-    self._line_len = 0
 
   def set_metrics(self, **metrics: float) -> None:
     self._metrics.update(metrics)
-    if self.enabled and not self._tty:
-      self._print(self._text())
+    if self._bar is not None:
+      self._bar.set_postfix_str(self._metrics_text())
+    elif self.enabled:
+      line = tqdm_std.tqdm.format_meter(
+          self._step, self._total, time.time() - self._start, ascii=True,
+          bar_format=_BAR_FORMAT, postfix=self._metrics_text(), initial=self._initial)
+      print(line, file=sys.stderr if self._stream is None else self._stream, flush=True)
 
   def update(self, step: int) -> None:
     self._step = step
-    if not (self.enabled and self._tty):
-      return
-    now = time.time()
-    if now - self._last_draw >= self._min_interval or step >= self.total:
-      self._last_draw = now
-      text = self._text()
-      pad = ' ' * max(0, self._line_len - len(text))
-      self._stream.write('\r' + text + pad)
-      self._stream.flush()
-      self._line_len = len(text)
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
 
   def message(self, text: str) -> None:
     """A line that stays above the bar."""
-    if not self.enabled:
-      return
-    if self._tty and self._line_len:
-      self._stream.write('\r' + ' ' * self._line_len + '\r')
-      self._line_len = 0
-    self._print(text)
-    if self._tty:
-      self._last_draw = 0.0
-      self.update(self._step)
+    if self._bar is not None:
+      self._bar.write(text, file=self._stream)
+    elif self.enabled:
+      print(text, file=sys.stdout if self._stream is None else self._stream, flush=True)
 
   def close(self) -> None:
-    if self.enabled and self._tty and self._line_len:
-      self._stream.write('\n')
-      self._stream.flush()
-      self._line_len = 0
+    if self._bar is not None:
+      self._bar.close()
 
-  def _print(self, text: str) -> None:
-    self._stream.write(text + '\n')
-    self._stream.flush()
-
-  def eta(self) -> float:
-    done = self._step - self._start_step
-    if done <= 0:
-      return float('nan')
-    return (time.time() - self._start) / done * (self.total - self._step)
-
-  def _text(self) -> str:
-    frac = self._step / self.total if self.total else 1.0
-    filled = int(round(self.width * min(frac, 1.0)))
-    bar = '#' * filled + '-' * (self.width - filled)
-    parts = [f'step {self._step}/{self.total} [{bar}]']
+  def _metrics_text(self) -> str:
     m = self._metrics
+    parts = []
     if 'loss' in m:
       parts.append(f'loss {m["loss"]:.4f}')
     if 'accuracy' in m:
       parts.append(f'acc {100 * m["accuracy"]:.1f}%')
     if 'tokens_per_s' in m:
       parts.append(f'{m["tokens_per_s"]:,.0f} tok/s')
-    parts.append(f'{format_duration(time.time() - self._start)} elapsed, '
-                 f'ETA {format_duration(self.eta())}')
     return ' | '.join(parts)

@@ -18,10 +18,11 @@ def test_progress_bar_on_a_terminal_rewrites_one_line():
   bar.close()
   text = out.getvalue()
   assert text.count('\n') == 2  # the message and the final newline
-  assert '\rstep 11/100 [##' in text
-  assert 'step 12/100' in text and 'loss 2.5000 | acc 50.0% | 12,345 tok/s' in text
-  assert 'step 12: validation loss 2.0\n' in text
-  assert 'step 100/100 [########################]' in text and 'ETA 0:00' in text
+  assert '\rstep 11/100 [#' in text
+  assert 'step 12/100' in text and ', loss 2.5000 | acc 50.0% | 12,345 tok/s |' in text
+  assert '\rstep 12: validation loss 2.0\n' in text  # the bar cleared, the message above
+  assert text.endswith('\rstep 100/100 [##########], loss 2.5000 | acc 50.0% | 12,345 tok/s | '
+                       '00:00 elapsed, ETA 00:00\n')
 
 
 def test_progress_bar_in_a_log_file_prints_lines_at_log_steps():
@@ -36,20 +37,31 @@ def test_progress_bar_in_a_log_file_prints_lines_at_log_steps():
   lines = out.getvalue().splitlines()
   assert '\r' not in out.getvalue()
   assert len(lines) == 3 and lines[-1] == 'done'
-  assert lines[0].startswith('step 5/50 [##') and 'loss 0.2000' in lines[0]
-  assert lines[1].startswith('step 10/50') and 'ETA' in lines[1]
+  assert lines[0].startswith('step 5/50 [#') and ', loss 0.2000 | 100 tok/s |' in lines[0]
+  assert lines[1].startswith('step 10/50 [##') and ' elapsed, ETA ' in lines[1]
   quiet = io.StringIO()
   bar = metrics.ProgressBar(5, stream=quiet, enabled=False)
   bar.update(1)
   bar.set_metrics(loss=1.0)
   bar.message('x')
+  bar.close()
   assert quiet.getvalue() == ''
+  quiet_on_a_terminal = io.StringIO()
+  bar = metrics.ProgressBar(5, stream=quiet_on_a_terminal, enabled=False, tty=True)
+  bar.update(1)
+  bar.message('x')
+  bar.close()
+  assert quiet_on_a_terminal.getvalue() == ''
 
 
-def test_format_duration():
-  assert metrics.format_duration(5) == '0:05'
-  assert metrics.format_duration(3725) == '1:02:05'
-  assert metrics.format_duration(float('nan')) == '?'
+def test_progress_bar_defaults_to_tqdm_streams(capsys):
+  bar = metrics.ProgressBar(4, tty=False)
+  bar.update(2)
+  bar.set_metrics(loss=1.0)
+  bar.message('note')
+  bar.close()
+  out, err = capsys.readouterr()
+  assert out == 'note\n' and err.startswith('step 2/4 [#####     ], loss 1.0000 | ')
 
 
 def test_metric_writer(tmp_path):

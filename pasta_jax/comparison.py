@@ -1,4 +1,4 @@
-"""Evaluation: a PASTA model against its sequential baseline on the benchmark.
+"""PASTA runs against their sequential baseline: per-prompt rows, summaries, tables, plots.
 
 For every test prompt both models decode (batch 1, greedy, compile time excluded)
 through the interpreter; per prompt we keep the quality (the family's checker),
@@ -15,12 +15,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import math
 import os
-import sys
+import statistics
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm import auto as tqdm_auto
 
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
@@ -71,8 +71,9 @@ class PromptResult:
 
 
 def geomean(values: Sequence[float]) -> float:
+  """The geometric mean of the positive values; NaN when there are none."""
   values = [v for v in values if v > 0]
-  return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float('nan')
+  return statistics.geometric_mean(values) if values else float('nan')
 
 
 def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
@@ -121,22 +122,22 @@ def _check(family: str, facts: str, text: str) -> float:
   return float('nan')  # no exact checker: quality comes from an external judge
 
 
-def evaluate(pasta, baseline, source, *, num_prompts: int | None = None, progress=None
-             ) -> list[PromptResult]:
+def evaluate(pasta, baseline, source, *, num_prompts: int | None = None,
+             progress: bool = False) -> list[PromptResult]:
   """Decodes the source's prompts with both interpreters (batch 1, greedy).
 
   Args:
     pasta, baseline: `interpreter.Interpreter`s (the baseline in sequential mode).
     source: random-access records with prompt, family and facts.
     num_prompts: the first N records (None: all).
-    progress: optional callable(done, total).
+    progress: whether to show a tqdm bar of the prompts done (on stderr).
   """
   return evaluate_many({'pasta': pasta}, baseline, source, num_prompts=num_prompts,
                        progress=progress)['pasta']
 
 
 def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
-                  num_prompts: int | None = None, progress=None
+                  num_prompts: int | None = None, progress: bool = False
                   ) -> dict[str, list[PromptResult]]:
   """`evaluate` for several PASTA interpreters (e.g. one per position strategy).
 
@@ -155,7 +156,7 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
       warmed.add(key)
     return interp.generate_timed(ids)
 
-  for i in range(total):
+  for i in tqdm_auto.trange(total, desc='evaluating', unit='prompt', disable=not progress):
     record = source[i]
     prompt = tfds_builders.decode_text(record['prompt'])
     family = tfds_builders.decode_text(record['family'])
@@ -173,8 +174,6 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
           pasta_steps=result.steps, pasta_decode_seconds=pasta_t.decode_seconds,
           pasta_prefill_seconds=pasta_t.prefill_seconds, pasta_status=result.status,
           baseline_status=base.status, timeline=[list(t) for t in result.timeline]))
-    if progress is not None:
-      progress(i + 1, total)
   return rows
 
 
@@ -308,15 +307,6 @@ def plots(rows: Sequence[PromptResult], summary: dict, out_dir: str) -> dict[str
   fig.savefig(paths['timeline'], dpi=120)
   plt.close(fig)
   return paths
-
-
-def print_progress(done: int, total: int, stream=sys.stderr) -> None:
-  width = 30
-  filled = int(width * done / max(total, 1))
-  stream.write(f'\revaluating [{"#" * filled}{"-" * (width - filled)}] {done}/{total}')
-  if done == total:
-    stream.write('\n')
-  stream.flush()
 
 
 def load_pair(pasta_workdir: str, baseline_workdir: str, **overrides) -> tuple[Any, Any, Any]:
