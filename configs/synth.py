@@ -26,13 +26,13 @@ Any field can be overridden, e.g. `--config.train.num_steps=200`.
 
 import ml_collections
 
-from pasta_jax.training import config as config_lib
+from pasta_jax import config as config_lib
 
 PRESETS = ('sequential', 'tiny', 'tiny_sequential')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  # Every field exists (training.config.defaults()), so any can be overridden on the
+  # Every field exists (pasta_jax.config.defaults()), so any can be overridden on the
   # command line; what this experiment sets is below.
   config = config_lib.defaults()
   config.seed = 0

@@ -24,6 +24,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from pasta_jax import config as config_lib
 from pasta_jax import lang
 from pasta_jax import layout
 from pasta_jax import tokenizer as tokenizer_lib
@@ -31,7 +32,6 @@ from pasta_jax.data import build
 from pasta_jax.data import encoding
 from pasta_jax.data import pipeline
 from pasta_jax.data import tfds_builders
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import inputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).')

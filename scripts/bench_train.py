@@ -24,12 +24,12 @@ import time
 import jax
 import numpy as np
 
+from pasta_jax import config as config_lib
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import pipeline
 from pasta_jax.data import synthetic
 from pasta_jax.models import transformer
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib

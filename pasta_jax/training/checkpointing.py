@@ -29,11 +29,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from pasta_jax import config as config_lib
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.models import sharding as model_sharding
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training.state import TrainState
 

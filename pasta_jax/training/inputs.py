@@ -16,13 +16,13 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from pasta_jax import config as config_lib
 from pasta_jax import lang
 from pasta_jax import tokenizer as tokenizer_lib
+from pasta_jax.config import ConfigError
 from pasta_jax.data import build
 from pasta_jax.data import pipeline
 from pasta_jax.data import tfds_builders
-from pasta_jax.training import config as config_lib
-from pasta_jax.training.config import ConfigError
 
 
 def data_sources(data: ml_collections.ConfigDict, splits: Sequence[str]) -> dict:

@@ -27,17 +27,17 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from pasta_jax import config as config_lib
+from pasta_jax.config import ConfigError
 from pasta_jax.data import pipeline
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.training import checkpointing
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import inputs
 from pasta_jax.training import metrics as metrics_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
-from pasta_jax.training.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: a training config (`configs/*.py`); missing fields take the defaults
-      of `training.config.defaults()`.
+      of `pasta_jax.config.defaults()`.
     workdir: the run directory; resumed from its latest checkpoint if it has one.
     stream: where the progress bar and messages go (default stdout; process 0).
   """

@@ -17,10 +17,10 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from pasta_jax.config import ConfigError
 from pasta_jax.models import sharding as model_sharding
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
-from pasta_jax.training.config import ConfigError
 
 Rules = model_sharding.Rules
 MESH_AXES = model_sharding.MESH_AXES

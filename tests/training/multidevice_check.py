@@ -21,9 +21,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pasta_jax import config as config_lib  # noqa: E402
 from pasta_jax.models import checkpoint as model_checkpoint  # noqa: E402
 from pasta_jax.training import checkpointing  # noqa: E402
-from pasta_jax.training import config as config_lib  # noqa: E402
 from pasta_jax.training import inputs  # noqa: E402
 from pasta_jax.training import loop  # noqa: E402
 from pasta_jax.training import partitioning  # noqa: E402

@@ -9,15 +9,15 @@ import types
 import jax
 import pytest
 
+from pasta_jax import config as config_lib
+from pasta_jax.config import ConfigError
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import loop
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
-from pasta_jax.training.config import ConfigError
 
 from configs import synth
 from tests.training.conftest import ROOT

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from pasta_jax import config as config_lib
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import synthetic
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
 from pasta_jax.training import checkpointing
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import loop
 
 from configs import gemma_sft

@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pasta_jax import config as config_lib
 from pasta_jax import masks
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+from pasta_jax import config as config_lib
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.training import checkpointing
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import inputs
 from pasta_jax.training import loop
 from pasta_jax.training import step as step_lib

@@ -1,4 +1,4 @@
-"""The training config: defaults, validation, and the frozen model config.
+"""The run config: defaults, validation, and the frozen model config.
 
 An experiment file (`configs/*.py`) builds an `ml_collections.ConfigDict`;
 `resolve(config)` fills every field it leaves out from `defaults()`, rejects keys
@@ -192,7 +192,7 @@ def resolve(config: Mapping[str, Any]) -> ConfigDict:
     missing = sorted(fields - set(given['model']))
     if missing:
       raise ConfigError(f'config.model lacks the fields {missing}: build the section with '
-                        'pasta_jax.training.config.model_fields(preset, **overrides)')
+                        'pasta_jax.config.model_fields(preset, **overrides)')
   out = _merge(defaults(), given, '')
   check_values(out)
   return out
