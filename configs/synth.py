@@ -2,7 +2,7 @@ r"""The synthetic PASTA benchmark on CPU (the project's built-in default).
 
 Train the PASTA model and the sequential baseline (about 20 minutes together on
 2 CPU cores; each leaves checkpoints, its tokenizer and its config in its
-workdir, which `pasta_jax.training.checkpointing.load_run` reads back):
+workdir, which `pasta_jax.runs.load_run` reads back):
 
   python -m pasta_jax.train --config configs/synth.py --workdir workdir/synth_pasta
   python -m pasta_jax.train --config configs/synth.py:sequential --workdir workdir/synth_sequential

@@ -13,7 +13,7 @@ import pytest
 
 from pasta_jax import evaluation
 from pasta_jax import lang
-from pasta_jax.training import inputs
+from pasta_jax.data import sources as sources_lib
 from pasta_jax.training import loop
 
 from configs import synth
@@ -45,7 +45,7 @@ def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path):
   pasta, baseline, run = evaluation.load_pair(pasta_dir, seq_dir, max_steps=48,
                                               cache_size=256)
   assert pasta.config.slots == run.config.interpreter.slots and baseline.config.sequential
-  source = inputs.data_sources(run.config.data, ['test'])['test']
+  source = sources_lib.data_sources(run.config.data, ['test'])['test']
   progress = []
   rows = evaluation.evaluate(pasta, baseline, source, num_prompts=4,
                              progress=lambda done, total: progress.append((done, total)))
@@ -85,7 +85,7 @@ def test_several_runs_are_compared_side_by_side(runs, tmp_path):
   pasta_dir, seq_dir, _ = runs
   pastas, baseline, pasta_runs = evaluation.load_runs(
       [pasta_dir, pasta_dir], seq_dir, max_steps=32, cache_size=256)
-  source = inputs.data_sources(pasta_runs[0].config.data, ['test'])['test']
+  source = sources_lib.data_sources(pasta_runs[0].config.data, ['test'])['test']
   rows = evaluation.evaluate_many({'a': pastas[0], 'b': pastas[1]}, baseline, source,
                                   num_prompts=3)
   assert set(rows) == {'a', 'b'} and len(rows['a']) == len(rows['b']) == 3
