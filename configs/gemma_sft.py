@@ -36,7 +36,7 @@ data x fsdp: with more than 8 devices, put the rest on the tensor axis, e.g.
 
 import ml_collections
 
-from pasta_jax.training import config as config_lib
+from pasta_jax import config as config_lib
 
 PRESETS = ('2b', '7b', '2b_sequential', '7b_sequential')
 GEMMA_CHAT = '<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n'
@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown preset {arg!r} for configs/gemma_sft.py (presets: "
                      f"{', '.join(repr(p) for p in PRESETS)})")
   size = arg.split('_')[0]
-  # Every field exists (training.config.defaults()), so any can be overridden on the
+  # Every field exists (pasta_jax.config.defaults()), so any can be overridden on the
   # command line; what this experiment sets is below.
   config = config_lib.defaults()
   config.seed = 0

@@ -2,7 +2,7 @@ r"""The synthetic PASTA benchmark on CPU (the project's built-in default).
 
 Train the PASTA model and the sequential baseline (minutes on a CPU: docs/benchmarks.md;
 each leaves checkpoints, its tokenizer and its config in its workdir, which
-`pasta_jax.training.checkpointing.load_run` reads back):
+`pasta_jax.runs.load_run` reads back):
 
   python -m pasta_jax.train --config configs/synth.py --workdir workdir/synth_pasta
   python -m pasta_jax.train --config configs/synth.py:sequential --workdir workdir/synth_sequential
@@ -26,13 +26,13 @@ Any field can be overridden, e.g. `--config.train.num_steps=200`.
 
 import ml_collections
 
-from pasta_jax.training import config as config_lib
+from pasta_jax import config as config_lib
 
 PRESETS = ('sequential', 'tiny', 'tiny_sequential')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  # Every field exists (training.config.defaults()), so any can be overridden on the
+  # Every field exists (pasta_jax.config.defaults()), so any can be overridden on the
   # command line; what this experiment sets is below.
   config = config_lib.defaults()
   config.seed = 0

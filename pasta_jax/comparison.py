@@ -25,7 +25,7 @@ from tqdm import auto as tqdm_auto
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
-from pasta_jax.settings import PositionStrategy
+from pasta_jax.settings import Mode
 
 
 @dataclasses.dataclass
@@ -319,16 +319,16 @@ def load_runs(pasta_workdirs: Sequence[str], baseline_workdir: str, **overrides
               ) -> tuple[list[Any], Any, list[Any]]:
   """Interpreters for PASTA runs and their sequential baseline, and the PASTA runs."""
   from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  from pasta_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  pasta_runs = [checkpointing.load_run(workdir) for workdir in pasta_workdirs]
-  base_run = checkpointing.load_run(baseline_workdir)
+  from pasta_jax.runs import load_run  # pylint: disable=g-import-not-at-top
+  pasta_runs = [load_run(workdir) for workdir in pasta_workdirs]
+  base_run = load_run(baseline_workdir)
   for workdir, run in zip(pasta_workdirs, pasta_runs):
-    if run.config.data.get('mode', 'pasta') != 'pasta':
-      raise ValueError(f'{workdir} was trained in mode {run.config.data.mode!r}; '
+    if run.mode is not Mode.PASTA:
+      raise ValueError(f'{workdir} was trained in mode {run.mode.value!r}; '
                        'expected a PASTA run')
-  if base_run.config.data.get('mode') != 'sequential':
+  if base_run.mode is not Mode.SEQUENTIAL:
     raise ValueError(f'{baseline_workdir} was trained in mode '
-                     f'{base_run.config.data.get("mode")!r}; expected a sequential run')
+                     f'{base_run.mode.value!r}; expected a sequential run')
   pastas = [Interpreter.from_run(run, **overrides) for run in pasta_runs]
   baseline = Interpreter.from_run(base_run, **{k: v for k, v in overrides.items()
                                                if k not in ('slots', 'max_threads',
@@ -338,5 +338,4 @@ def load_runs(pasta_workdirs: Sequence[str], baseline_workdir: str, **overrides
 
 def position_setting(run, interp) -> str:
   """How a run places positions: in training, and in the interpreter."""
-  trained = PositionStrategy(run.config.data.position_strategy, run.config.data.fixed_reserve)
-  return f'trained {trained}, decoded {interp.config.position_strategy}'
+  return f'trained {run.position_strategy}, decoded {interp.config.position_strategy}'

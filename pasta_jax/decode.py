@@ -86,12 +86,12 @@ def main(argv: Sequence[str]) -> None:
   if not prompts:
     raise app.UsageError('give at least one --prompt or a --prompts_file')
   from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
-  from pasta_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  run = checkpointing.load_run(_WORKDIR.value, _STEP.value)
+  from pasta_jax.runs import load_run  # pylint: disable=g-import-not-at-top
+  run = load_run(_WORKDIR.value, _STEP.value)
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value))
                if v is not None}
   if overrides.get('slots') == 1:
-    overrides['sequential'] = True
+    overrides['mode'] = 'sequential'
   interp = Interpreter.from_run(run, **overrides)
   results = interp.generate(prompts, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
                             seed=_SEED.value)

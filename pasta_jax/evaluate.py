@@ -71,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('--pasta, --sequential and --out are required')
   runs = parse_runs(_PASTA.value)
   from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
-  from pasta_jax.training import inputs  # pylint: disable=g-import-not-at-top
+  from pasta_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
                                  ('cache_size', _CACHE_SIZE.value)) if v is not None}
   for flag in (_CACHE_STAGES, _ROUND_WIDTHS):
@@ -85,7 +85,7 @@ def main(argv: Sequence[str]) -> None:
                                                         _SEQUENTIAL.value, **overrides)
   except ValueError as e:  # a run of the wrong mode, or interpreter settings out of range
     raise app.UsageError(str(e)) from e
-  source = inputs.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
+  source = sources_lib.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
   rows = comparison.evaluate_many(dict(zip(runs, pastas)), baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,
                                   progress=True)

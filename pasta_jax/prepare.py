@@ -25,6 +25,7 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import auto as tqdm_auto
 
+from pasta_jax import config as config_lib
 from pasta_jax import lang
 from pasta_jax import layout
 from pasta_jax import thread_colors
@@ -32,8 +33,9 @@ from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import build
 from pasta_jax.data import encoding
 from pasta_jax.data import pipeline
+from pasta_jax.data import sources as sources_lib
 from pasta_jax.data import tfds_builders
-from pasta_jax.training import config as config_lib
+from pasta_jax.settings import Mode
 from pasta_jax.training import inputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).')
@@ -67,12 +69,15 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
   builder = build.builder(config.data)
   sources = {split: builder.as_data_source(split=split) for split in SPLITS}
   tok = tokenizer_lib.train_tokenizer(
-      inputs.tokenizer_texts(sources['train'], config.tokenizer.num_texts),
+      sources_lib.tokenizer_texts(sources['train'], config.tokenizer.num_texts),
       os.path.join(workdir, 'tokenizer.model'), vocab_size=config.tokenizer.vocab_size,
       max_promise_tokens=config.data.max_promise_tokens, quantum=config.data.quantum,
       seed=config.seed)
   stats = collections.defaultdict(lambda: collections.defaultdict(list))
   sample = None
+  # The rounds of the interpreter decoding each reference annotation (in PASTA
+  # mode whatever the config's mode, so a sequential config measures the same).
+  slots = config_lib.interpreter_config(config, mode=Mode.PASTA).slots
   for split, source in sources.items():
     for i in tqdm_auto.trange(len(source), desc=f'checking {split}', unit='example'):
       record = source[i]
@@ -87,7 +92,7 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
       pasta = layout.pasta_layout(enc.prompt, enc.response, tok.control,
                                   position_strategy=config_lib.position_strategy(config))
       layout.sequential_layout(enc.prompt, enc.plain)
-      steps = layout.decode_steps(enc.response, tok.control, slots=config.interpreter.slots)
+      steps = layout.decode_steps(enc.response, tok.control, slots=slots)
       row = stats[(split, family)]
       row['response'].append(len(enc.response))
       row['plain'].append(len(enc.plain))

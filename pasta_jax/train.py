@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from pasta_jax.training import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pasta_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
   try:
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

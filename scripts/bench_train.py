@@ -24,12 +24,12 @@ import time
 import jax
 import numpy as np
 
+from pasta_jax import config as config_lib
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import pipeline
 from pasta_jax.data import synthetic
 from pasta_jax.models import transformer
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
@@ -59,7 +59,7 @@ def bench(preset: str, batch: dict, vocab: int, runs: int) -> dict[str, float]:
   config = config_lib.resolve({'model': config_lib.model_fields(preset, vocab_size=vocab)})
   model_config = config_lib.model_config(config)
   mesh = partitioning.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  rules = partitioning.rules_for(model_config, mesh)
+  rules = config_lib.rules_for(model_config, mesh)
   optimizer, schedule = state_lib.make_optimizer(config.optimizer, 1000)
   shardings = state_lib.state_shardings(model_config, optimizer, mesh, rules)
   state = state_lib.init_state(model_config, optimizer, jax.random.key(0), shardings)

@@ -13,7 +13,7 @@ import pytest
 
 from pasta_jax import comparison
 from pasta_jax import lang
-from pasta_jax.training import inputs
+from pasta_jax.data import sources as sources_lib
 from pasta_jax.training import loop
 
 from configs import synth
@@ -45,7 +45,7 @@ def test_evaluation_writes_table_json_plots_and_alpaca_eval(runs, tmp_path, caps
   pasta, baseline, run = comparison.load_pair(pasta_dir, seq_dir, max_steps=48,
                                               cache_size=256)
   assert pasta.config.slots == run.config.interpreter.slots and baseline.config.sequential
-  source = inputs.data_sources(run.config.data, ['test'])['test']
+  source = sources_lib.data_sources(run.config.data, ['test'])['test']
   rows = comparison.evaluate(pasta, baseline, source, num_prompts=4, progress=True)
   bar = capsys.readouterr().err  # tqdm's bar
   assert 'evaluating: 100%' in bar and '| 4/4 [' in bar and len(rows) == 4
@@ -84,7 +84,7 @@ def test_several_runs_are_compared_side_by_side(runs, tmp_path):
   pasta_dir, seq_dir, _ = runs
   pastas, baseline, pasta_runs = comparison.load_runs(
       [pasta_dir, pasta_dir], seq_dir, max_steps=32, cache_size=256)
-  source = inputs.data_sources(pasta_runs[0].config.data, ['test'])['test']
+  source = sources_lib.data_sources(pasta_runs[0].config.data, ['test'])['test']
   rows = comparison.evaluate_many({'a': pastas[0], 'b': pastas[1]}, baseline, source,
                                   num_prompts=3)
   assert set(rows) == {'a', 'b'} and len(rows['a']) == len(rows['b']) == 3

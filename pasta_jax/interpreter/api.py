@@ -32,7 +32,6 @@ from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import sharding as sharding_lib
 from pasta_jax.models import transformer
-from pasta_jax.settings import Mode, PositionStrategy
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
@@ -162,29 +161,15 @@ class Interpreter:
 
   @classmethod
   def from_run(cls, run, *, mesh=None, rules=None, **overrides) -> 'Interpreter':
-    """An interpreter for a training run (`training.checkpointing.load_run`).
+    """An interpreter for a training run (`pasta_jax.runs.load_run`).
 
-    Takes the interpreter settings from the run's config (`config.interpreter`,
-    the data's position strategy and prompt template; a run trained in
-    'sequential' mode decodes sequentially); `overrides` replace
-    InterpreterConfig fields (e.g. slots=4, max_steps=256).
+    Its settings are `run.interpreter_config(**overrides)` (the run config's
+    interpreter section, mode and position strategy; `overrides` replace any
+    InterpreterConfig field, e.g. slots=4, max_steps=256); prompts are rendered
+    with the run's template.
     """
-    config = run.config
-    settings = config.interpreter.to_dict() if 'interpreter' in config else {}
-    data = config.data
-    mode = Mode.parse(data.mode)
-    fields = {f.name for f in dataclasses.fields(InterpreterConfig)}
-    values = {k: v for k, v in settings.items() if k in fields}
-    values.update(mode=mode, position_strategy=PositionStrategy(
-        data.position_strategy, data.fixed_reserve).for_decoding())
-    if mode is Mode.SEQUENTIAL:
-      values.update(slots=1)
-    values.update(overrides)
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-      raise ValueError(f'unknown InterpreterConfig fields {unknown}; fields: {sorted(fields)}')
-    return cls(run.model_config, run.params, run.tokenizer, InterpreterConfig(**values),
-               template=data.get('prompt_template', '{prompt}\n'), mesh=mesh, rules=rules)
+    return cls(run.model_config, run.params, run.tokenizer, run.interpreter_config(**overrides),
+               template=run.prompt_template, mesh=mesh, rules=rules)
 
   # -- jitted programs ---------------------------------------------------------
 

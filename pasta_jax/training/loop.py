@@ -27,18 +27,20 @@ from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
+from pasta_jax import config as config_lib
+from pasta_jax import runs
+from pasta_jax.config import ConfigError
 from pasta_jax.data import pipeline
+from pasta_jax.data import sources as sources_lib
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.training import checkpointing
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import inputs
 from pasta_jax.training import metrics as metrics_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
-from pasta_jax.training.config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +147,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: a training config (`configs/*.py`); missing fields take the defaults
-      of `training.config.defaults()`.
+      of `pasta_jax.config.defaults()`.
     workdir: the run directory; resumed from its latest checkpoint if it has one.
     stream: where the progress bar and messages go (process 0; default: the bar
       on stderr, the messages on stdout).
@@ -175,14 +177,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   latest = checkpoints.latest_step()
 
   # -- Data and tokenizer. ---------------------------------------------------
-  sources = inputs.data_sources(config.data, ['train', config.eval.split])
+  sources = sources_lib.data_sources(config.data, ['train', config.eval.split])
   if latest is not None:
     saved = checkpoints.restore_config(latest)
-    tok = checkpointing.load_tokenizer(workdir)
+    tok = runs.load_tokenizer(workdir)
   else:
-    tok = inputs.make_tokenizer(config, sources['train'])
+    tok = sources_lib.make_tokenizer(config, sources['train'])
     if primary:
-      checkpointing.save_tokenizer(tok, workdir)
+      runs.save_tokenizer(tok, workdir)
   with config.unlocked():
     if not config.model.vocab_size:
       config.model.vocab_size = tok.vocab_size
@@ -192,11 +194,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       f'the tokenizer\'s {tok.vocab_size} ids')
   if latest is not None:
     diffs = _config_differences(saved.get('model'),
-                                checkpointing.config_to_json(config)['model'], 'model.')
+                                runs.config_to_json(config)['model'], 'model.')
     if diffs:
       raise ConfigError(f'{workdir} holds a run of another model than config.model: '
                         + '; '.join(diffs))
-  rules = partitioning.rules_for(model_config, mesh, config.mesh.rules)
+  rules = config_lib.rules_for(model_config, mesh, config.mesh.rules)
   partitioning.check_params(model_config, mesh, rules)
 
   notes: list[str] = []
@@ -204,7 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_rows = _rows(config_lib.eval_batch_size(config), process_count)
   if not config.train.num_steps:
     if latest is not None and saved['train']['num_epochs'] == config.train.num_epochs \
-        and saved['data'] == checkpointing.config_to_json(config)['data']:
+        and saved['data'] == runs.config_to_json(config)['data']:
       num_steps = saved['train']['num_steps']  # counted when the run started
     else:
       num_steps = inputs.steps_for_epochs(config, sources['train'], tok, rows=rows,
@@ -215,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     notes.append(f'train.num_epochs={config.train.num_epochs} -> {num_steps} steps')
   num_steps = config.train.num_steps
   if latest is not None:
-    for line in _config_differences(saved, checkpointing.config_to_json(config)):
+    for line in _config_differences(saved, runs.config_to_json(config)):
       notes.append(f'config changed since the checkpoint: {line}')
 
   # -- State: restored, from a Gemma checkpoint, or fresh. -------------------
@@ -235,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = state_lib.init_state(model_config, optimizer,
                                  jax.random.key(config.seed), shardings)
   if primary:
-    checkpointing.write_config(config, workdir)
+    runs.write_config(config, workdir)
 
   train_batches = inputs.batches(config, sources['train'], tok, rows=rows, train=True,
                                  process_index=process_index, process_count=process_count)

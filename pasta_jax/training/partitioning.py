@@ -3,7 +3,8 @@
 Mesh axes are ('data', 'fsdp', 'tensor') (`models.sharding.MESH_AXES`); the
 config gives their sizes (`mesh.shape`, one of them may be -1: the remaining
 devices) and optionally rules that replace `models.sharding.default_rules` for
-the logical names they mention. Every check here runs before anything compiles
+the logical names they mention (`pasta_jax.config.rules_for` merges them). Every
+check here runs before anything compiles
 and raises `ConfigError` naming the value and what would fit.
 """
 
@@ -17,13 +18,12 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
+from pasta_jax.config import ConfigError
 from pasta_jax.models import sharding as model_sharding
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
-from pasta_jax.training.config import ConfigError
 
 Rules = model_sharding.Rules
-MESH_AXES = model_sharding.MESH_AXES
 # The 'batch' rule of models.sharding.default_rules.
 DEFAULT_BATCH_AXES = ('data', 'fsdp')
 
@@ -51,21 +51,6 @@ def make_mesh(shape: Sequence[int], devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else list(devices)
   resolved = mesh_shape(shape, len(devices))
   return model_sharding.make_mesh(resolved, devices=devices)
-
-
-def rules_for(model_config: TransformerConfig, mesh: jax.sharding.Mesh,
-              overrides: Sequence[Sequence] = ()) -> list[tuple]:
-  """`models.sharding.default_rules`, with the names in `overrides` replaced."""
-  overrides = [(name, tuple(axes) if isinstance(axes, list) else axes)
-               for name, axes in overrides]
-  for name, axes in overrides:
-    for axis in (axes if isinstance(axes, tuple) else (axes,)):
-      if axis is not None and axis not in MESH_AXES:
-        raise ConfigError(f'config.mesh.rules: rule {(name, axes)!r} names mesh axis '
-                          f'{axis!r}; the mesh axes are {MESH_AXES}')
-  replaced = {name for name, _ in overrides}
-  base = [r for r in model_sharding.default_rules(model_config, mesh) if r[0] not in replaced]
-  return overrides + base
 
 
 def _axes_of(rules: Rules, name: str) -> tuple[str, ...]:

@@ -21,9 +21,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pasta_jax import config as config_lib  # noqa: E402
+from pasta_jax import runs  # noqa: E402
+from pasta_jax.data import sources as sources_lib  # noqa: E402
 from pasta_jax.models import checkpoint as model_checkpoint  # noqa: E402
-from pasta_jax.training import checkpointing  # noqa: E402
-from pasta_jax.training import config as config_lib  # noqa: E402
 from pasta_jax.training import inputs  # noqa: E402
 from pasta_jax.training import loop  # noqa: E402
 from pasta_jax.training import partitioning  # noqa: E402
@@ -39,7 +40,7 @@ jax.config.update('jax_disable_most_optimizations', True)
 def _one_step(config, tok, batch, devices):
   model_config = config_lib.model_config(config, tok.vocab_size)
   mesh = partitioning.make_mesh(config.mesh.shape, devices=devices)
-  rules = partitioning.rules_for(model_config, mesh, config.mesh.rules)
+  rules = config_lib.rules_for(model_config, mesh, config.mesh.rules)
   optimizer, schedule = state_lib.make_optimizer(config.optimizer, config.train.num_steps)
   shardings = state_lib.state_shardings(model_config, optimizer, mesh, rules)
   state = state_lib.init_state(model_config, optimizer, jax.random.key(0), shardings)
@@ -62,8 +63,8 @@ def check_step(tfds_dir):
   # about lr * sign(g), which float noise flips where g is ~0).
   config.optimizer.eps = 1e-3
   # One tensor-axis split of everything in the tiny model: 4 heads, 2 kv heads.
-  source = inputs.data_sources(config.data, ['train'])['train']
-  tok = inputs.make_tokenizer(config, source)
+  source = sources_lib.data_sources(config.data, ['train'])['train']
+  tok = sources_lib.make_tokenizer(config, source)
   batch = next(inputs.batches(config, source, tok, rows=8, train=True, process_index=0,
                               process_count=1))
   one_init, one, one_metrics = _one_step(config, tok, batch, jax.devices()[:1])
@@ -105,7 +106,7 @@ def resume(tfds_dir, workdir):
 
 def load(workdir, out):
   mesh = partitioning.make_mesh((2, 2, 2))
-  run = checkpointing.load_run(workdir, mesh=mesh)
+  run = runs.load_run(workdir, mesh=mesh)
   embedding = run.params['embedder']['input_embedding']
   assert embedding.sharding.spec == jax.sharding.PartitionSpec('tensor', 'fsdp'), \
       embedding.sharding

@@ -1,5 +1,6 @@
 """Bad input fails early with an error that names the key, the value and what fits."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,15 +10,16 @@ import types
 import jax
 import pytest
 
+from pasta_jax import config as config_lib
+from pasta_jax.config import ConfigError
+from pasta_jax.interpreter import InterpreterConfig
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import loop
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
-from pasta_jax.training.config import ConfigError
 
 from configs import synth
 from tests.training.conftest import ROOT
@@ -64,11 +66,19 @@ def test_unknown_keys_are_named_with_a_suggestion():
     config_lib.resolve(config)
 
 
-def test_other_sections_are_opaque_and_defaults_fill_in():
+def test_the_interpreter_section_is_checked_and_defaults_fill_in():
+  # The interpreter section is InterpreterConfig's fields (it used to be kept
+  # as given, so a misspelt key there was silently dropped).
   config = synth.get_config('tiny')
   config.interpreter.anything = 'kept'
-  resolved = config_lib.resolve(config)
-  assert resolved.interpreter.anything == 'kept'
+  with pytest.raises(ConfigError, match=r"unknown config key config\.interpreter\.anything \(the "
+                     r"keys of config\.interpreter are \['cache_size', 'cache_stages', "):
+    config_lib.resolve(config)
+  resolved = config_lib.resolve(synth.get_config('tiny'))
+  assert set(resolved.interpreter) == {f.name for f in dataclasses.fields(
+      InterpreterConfig)} - {'mode', 'position_strategy'}
+  assert resolved.interpreter.slots == 8 and resolved.interpreter.max_steps == 512
+  assert resolved.interpreter.max_thread_tokens is None
   assert resolved.data.prefetch == config_lib.defaults().data.prefetch
   assert resolved.optimizer.eps == 1e-8 and resolved.init.checkpoint == ''
   assert config_lib.resolve(resolved).to_dict() == resolved.to_dict()
@@ -89,6 +99,15 @@ def test_other_sections_are_opaque_and_defaults_fill_in():
     ('mesh.shape', (2, -1, -1), r'mesh\.shape=\(2, -1, -1\): expected \(data, fsdp, tensor\)'),
     ('mesh.rules', (('batch',),), r'config\.mesh\.rules=.*expected pairs'),
     ('init.format', 'hf', r"init\.format='hf': expected one of \('converted', 'orbax'\)"),
+    ('interpreter.slotz', 4, r"unknown config key config\.interpreter\.slotz; did you mean "
+     r"'slots'\?"),
+    ('interpreter.slots', 1, r'config\.interpreter\.slots=1: PASTA decoding needs at least 2 '
+     'slots'),
+    ('interpreter.top_k', 'all', r"config\.interpreter\.top_k='all': expected a int"),
+    ('interpreter.cache_stages', (64, 32), r'config\.interpreter\.cache_stages=\(64, 32\): '
+     'cache_stages must be strictly increasing'),
+    ('interpreter.max_thread_tokens', -1, r'config\.interpreter\.max_thread_tokens=-1: '
+     'max_thread_tokens must be >= 0'),
     ('model.num_kv_heads', 3, r'config\.model: .*num_heads \(4\) must be a multiple of '
      r'num_kv_heads \(3\)'),
 ])
@@ -153,7 +172,7 @@ def test_rules_that_do_not_divide_the_model():
                      r"\('tensor',\) \(3\)"):
     partitioning.check_params(config, _mesh(1, 1, 3), [('heads', 'tensor')])
   with pytest.raises(ConfigError, match=r"names mesh axis 'model'"):
-    partitioning.rules_for(config, partitioning.make_mesh((1, 1, 1)), [('mlp', 'model')])
+    config_lib.rules_for(config, partitioning.make_mesh((1, 1, 1)), [('mlp', 'model')])
 
 
 def _write_jsonl(path, n=6):
@@ -236,3 +255,18 @@ def test_command_line_errors(tfds_dir, tmp_path):
   assert result.stderr.strip().endswith(
       'error: config.mesh.shape=(4, 1, 1) needs 4 devices; there are 1 (use -1 on one axis '
       'to take the rest)')
+  # A misspelt interpreter key in a config file, and a bad interpreter value.
+  typo = tmp_path / 'typo.py'
+  typo.write_text('from configs import synth\n\n\ndef get_config(arg):\n'
+                  '  config = synth.get_config(arg)\n  config.interpreter.max_step = 64\n'
+                  '  return config\n')
+  result = run('--config', f'{typo}:tiny', '--workdir', str(tmp_path / 'w'))
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().endswith(
+      "error: unknown config key config.interpreter.max_step; did you mean 'max_steps'? (the "
+      f'keys of config.interpreter are {sorted(config_lib.interpreter_fields())})')
+  result = run('--config', 'configs/synth.py:tiny', '--workdir', str(tmp_path / 'w'),
+               '--config.interpreter.slots=0')
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().endswith(
+      'error: config.interpreter.slots=0: slots must be >= 1, got 0')

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from pasta_jax import config as config_lib
+from pasta_jax import runs
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import synthetic
 from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
-from pasta_jax.training import checkpointing
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import loop
 
 from configs import gemma_sft
@@ -81,7 +81,7 @@ def test_finetune_from_a_converted_checkpoint(tmp_path):
   workdir = str(tmp_path / 'run')
   result = loop.train_and_evaluate(config, workdir)
 
-  run = checkpointing.load_run(workdir)
+  run = runs.load_run(workdir)
   # One epoch of 48 examples of ~100-300 tokens, packed into 4 x 384 rows.
   assert 3 <= run.config.train.num_steps <= 12 and result.step == run.config.train.num_steps
   assert run.tokenizer == tok and run.model_config == base

@@ -9,8 +9,8 @@ import sys
 import jax
 import numpy as np
 
+from pasta_jax import runs
 from pasta_jax.models import checkpoint as model_checkpoint
-from pasta_jax.training import checkpointing
 
 from tests.training.conftest import ROOT
 
@@ -35,7 +35,7 @@ def test_resume_on_another_device_count_and_load_sharded(interrupted, tfds_dir, 
   shutil.copytree(root / 'stopped', tmp_path / 'moved')
   # Steps 7..10 on a (2, 2, 2) mesh of 8 devices, from the 1-device checkpoint.
   assert 'resumed on 8 devices' in _run('resume', tfds_dir, tmp_path / 'moved')
-  moved = checkpointing.load_run(str(tmp_path / 'moved'))
+  moved = runs.load_run(str(tmp_path / 'moved'))
   assert moved.step == 10
   for x, y in zip(jax.tree.leaves(moved.params), jax.tree.leaves(straight.state.params)):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)

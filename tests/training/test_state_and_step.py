@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pasta_jax import config as config_lib
 from pasta_jax import masks
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
@@ -90,7 +90,7 @@ def test_loss_and_metrics_against_numpy():
 def _step(config, opt, batch):
   model_config = config_lib.model_config(config)
   mesh = partitioning.make_mesh((1, 1, 1))
-  rules = partitioning.rules_for(model_config, mesh)
+  rules = config_lib.rules_for(model_config, mesh)
   optimizer, schedule = state_lib.make_optimizer(opt, 100)
   shardings = state_lib.state_shardings(model_config, optimizer, mesh, rules)
   state = state_lib.init_state(model_config, optimizer, jax.random.key(1), shardings)
@@ -139,7 +139,7 @@ def test_step_updates_decay_and_clipping():
 def test_state_shardings_follow_the_params():
   model_config = model_config_lib.get_config('tiny')
   mesh = partitioning.make_mesh((1, 1, 1))
-  rules = partitioning.rules_for(model_config, mesh)
+  rules = config_lib.rules_for(model_config, mesh)
   optimizer, _ = state_lib.make_optimizer(_opt(), 10)
   shardings = state_lib.state_shardings(model_config, optimizer, mesh, rules)
   abstract = state_lib.abstract_state(model_config, optimizer, shardings)

@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
+from pasta_jax import config as config_lib
+from pasta_jax import runs
 from pasta_jax import tokenizer as tokenizer_lib
+from pasta_jax.data import sources as sources_lib
 from pasta_jax.models import checkpoint as model_checkpoint
-from pasta_jax.training import checkpointing
-from pasta_jax.training import config as config_lib
 from pasta_jax.training import inputs
 from pasta_jax.training import loop
 from pasta_jax.training import step as step_lib
@@ -70,12 +71,14 @@ def test_run_directory_is_self_contained(trained):
   assert saved['model']['vocab_size'] == tokenizer_lib.Tokenizer.load(
       os.path.join(workdir, 'tokenizer.model')).vocab_size
   assert saved['optimizer']['lr'] == 3e-3 and saved['data']['mode'] == 'pasta'
-  assert saved['interpreter'] == {'slots': 8, 'cache_size': 448}
+  # The interpreter section: every field, the config file's values over the defaults.
+  assert saved['interpreter'] == runs.config_to_json(config_lib.interpreter_fields()) | {
+      'slots': 8, 'cache_size': 448}
 
 
 def test_load_run_restores_the_trained_params(trained, tfds_dir):
   workdir, result = trained
-  run = checkpointing.load_run(workdir)
+  run = runs.load_run(workdir)
   assert run.step == 40
   assert run.model_config == config_lib.model_config(run.config)
   assert run.tokenizer == tokenizer_lib.Tokenizer.load(os.path.join(workdir, 'tokenizer.model'))
@@ -86,13 +89,13 @@ def test_load_run_restores_the_trained_params(trained, tfds_dir):
       os.path.join(workdir, 'checkpoints', '40', 'params'), run.model_config)
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(run.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  earlier = checkpointing.load_run(workdir, step=20)
+  earlier = runs.load_run(workdir, step=20)
   assert earlier.step == 20
   assert not np.array_equal(earlier.params['final_norm']['scale'],
                             run.params['final_norm']['scale'])
   # The restored params reproduce the logged validation loss.
   config = run.config
-  source = inputs.data_sources(config.data, ['validation'])['validation']
+  source = sources_lib.data_sources(config.data, ['validation'])['validation']
   batches = inputs.eval_batches(config, source, run.tokenizer, rows=8, process_index=0,
                                 process_count=1)
   total = None
@@ -102,9 +105,9 @@ def test_load_run_restores_the_trained_params(trained, tfds_dir):
   assert step_lib.summarize(jax.device_get(total))['loss'] == pytest.approx(
       result.eval['loss'], rel=1e-5)
   with pytest.raises(FileNotFoundError, match='no checkpoint of step 7'):
-    checkpointing.load_run(workdir, step=7)
+    runs.load_run(workdir, step=7)
   with pytest.raises(FileNotFoundError, match='not a training run directory'):
-    checkpointing.load_run(os.path.dirname(workdir))
+    runs.load_run(os.path.dirname(workdir))
 
 
 def test_finished_run_is_not_trained_again(trained):
@@ -143,8 +146,8 @@ def test_sequential_mode_trains_on_stripped_documents(tfds_dir, tmp_path):
   assert result.step == 4
   # No async threads in the baseline's documents.
   assert result.eval['async_targets'] == 0 and result.eval['main_targets'] > 0
-  tok = checkpointing.load_tokenizer(str(tmp_path / 'seq'))
-  source = inputs.data_sources(config.data, ['train'])['train']
+  tok = runs.load_tokenizer(str(tmp_path / 'seq'))
+  source = sources_lib.data_sources(config.data, ['train'])['train']
   batch = next(inputs.batches(config_lib.resolve(config), source, tok, rows=2, train=True,
                               process_index=0, process_count=1))
   assert not np.isin(batch['tokens'], tok.control.tag_ids).any()

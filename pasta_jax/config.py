@@ -1,4 +1,4 @@
-"""The training config: defaults, validation, and the frozen model config.
+"""The run config: defaults, validation, and the frozen model config.
 
 An experiment file (`configs/*.py`) builds an `ml_collections.ConfigDict`;
 `resolve(config)` fills every field it leaves out from `defaults()`, rejects keys
@@ -10,7 +10,9 @@ beside its checkpoints. Sections:
   data          the dataset and the input pipeline (`pasta_jax.data`).
   tokenizer     path '' trains one on the training split (vocab_size, num_texts);
                 else a sentencepiece model wrapped by `Tokenizer.from_pretrained`.
-  interpreter   read by the interpreter; training keeps it as given.
+  interpreter   every `InterpreterConfig` field but `mode` and `position_strategy`
+                (those come from `data`), with its default; `interpreter_config(c)`
+                builds the decoder's config from it.
   model         every `models.TransformerConfig` field (`model_fields(preset)`);
                 vocab_size 0 means the tokenizer's.
   init          params from a Gemma checkpoint instead of random ones.
@@ -18,26 +20,33 @@ beside its checkpoints. Sections:
   train         length of the run and how often it logs.
   eval          periodic validation loss.
   checkpoint    orbax CheckpointManager settings.
-  mesh          device mesh ('data', 'fsdp', 'tensor') and logical axis rules.
+  mesh          device mesh ('data', 'fsdp', 'tensor') and logical axis rules
+                (`rules_for`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from typing import Any, Mapping
+import re
+import typing
+from typing import Any, Mapping, Sequence
 
+import jax
 import ml_collections
 
+from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.models import config as model_config_lib
+from pasta_jax.models import sharding as model_sharding
 from pasta_jax.settings import Mode, PositionStrategy
 
 ConfigDict = ml_collections.ConfigDict
 
 SCHEDULES = ('linear', 'cosine', 'constant')
 INIT_FORMATS = ('converted', 'orbax')
-# Sections whose keys belong to other parts of the project: kept, not checked.
-OPAQUE_SECTIONS = ('interpreter',)
+# InterpreterConfig fields that the data section sets (data.mode,
+# data.position_strategy, data.fixed_reserve), absent from the interpreter section.
+_FROM_DATA = ('mode', 'position_strategy')
 # data keys that only one dataset uses (absent from the defaults of the other).
 _JSONL_KEYS = ('jsonl_name', 'jsonl_paths', 'on_error')
 
@@ -57,6 +66,25 @@ def model_fields(preset: str, **overrides: Any) -> ConfigDict:
   if vocab is not None:
     fields['vocab_size'] = vocab
   return ConfigDict(fields)
+
+
+def interpreter_fields() -> ConfigDict:
+  """Every InterpreterConfig field of the interpreter section, with its default.
+
+  A None default is a typed placeholder, so that the command line can set it
+  (`--config.interpreter.max_thread_tokens=200`).
+  """
+  hints = typing.get_type_hints(InterpreterConfig)
+  placeholder = ml_collections.config_dict.placeholder
+  return ConfigDict({
+      f.name: placeholder(_optional_type(hints[f.name])) if f.default is None else f.default
+      for f in dataclasses.fields(InterpreterConfig) if f.name not in _FROM_DATA})
+
+
+def _optional_type(hint: Any) -> type:
+  """int for `int | None`, tuple for `tuple[int, ...] | None`."""
+  (arg,) = (a for a in typing.get_args(hint) if a is not type(None))
+  return typing.get_origin(arg) or arg
 
 
 def defaults() -> ConfigDict:
@@ -84,7 +112,7 @@ def defaults() -> ConfigDict:
   c.tokenizer.vocab_size = 512
   c.tokenizer.num_texts = 5000
 
-  c.interpreter = ConfigDict()
+  c.interpreter = interpreter_fields()
 
   c.model = model_fields('tiny', vocab_size=0)
 
@@ -145,7 +173,7 @@ def _merge(reference: ConfigDict, given: Mapping[str, Any], path: str,
     ref = reference.get(key)
     if key not in given:
       out[key] = ref
-    elif isinstance(ref, ConfigDict) and f'{path}{key}' not in OPAQUE_SECTIONS:
+    elif isinstance(ref, ConfigDict):
       if not isinstance(given[key], (ConfigDict, Mapping)):
         raise ConfigError(f'config key {path}{key} must be a section, got '
                           f'{given[key]!r}')
@@ -158,8 +186,9 @@ def _merge(reference: ConfigDict, given: Mapping[str, Any], path: str,
 
 def _typed(key: str, ref: Any, value: Any) -> Any:
   """`value` if it has the type of the default `ref` (an int may stand for a float)."""
-  # Model fields are checked by TransformerConfig (their types vary by preset).
-  if ref is None or key.startswith(OPAQUE_SECTIONS + ('model.',)):
+  # Model fields are checked by TransformerConfig (their types vary by preset); a
+  # None default (an optional interpreter field) by InterpreterConfig.
+  if ref is None or key.startswith('model.'):
     return value
   if isinstance(ref, bool) or isinstance(value, bool):
     ok = isinstance(ref, bool) and isinstance(value, bool)
@@ -192,7 +221,7 @@ def resolve(config: Mapping[str, Any]) -> ConfigDict:
     missing = sorted(fields - set(given['model']))
     if missing:
       raise ConfigError(f'config.model lacks the fields {missing}: build the section with '
-                        'pasta_jax.training.config.model_fields(preset, **overrides)')
+                        'pasta_jax.config.model_fields(preset, **overrides)')
   out = _merge(defaults(), given, '')
   check_values(out)
   return out
@@ -249,6 +278,27 @@ def check_values(c: ConfigDict) -> None:
     need(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str),
          'mesh.rules', "pairs (logical name, mesh axis or axes or None), e.g. "
          "(('batch', ('data', 'fsdp')), ('embed', 'fsdp'))")
+  try:
+    interpreter_config(c)
+  except ConfigError:
+    raise
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f'{_interpreter_key(c, str(e))}: {e}') from None
+
+
+def _interpreter_key(c: ConfigDict, message: str) -> str:
+  """`config.interpreter.KEY=VALUE` for the field an InterpreterConfig error names
+  (the first one named that the config changed, else the first one named)."""
+  section = c.interpreter
+  found = {k: m.start() for k in section
+           if (m := re.search(rf'\b{k}\b', message)) is not None}
+  named = sorted(found, key=found.get)
+  fields = interpreter_fields()
+  changed = [k for k in named if section[k] != fields[k]]
+  if not named:
+    return 'config.interpreter'
+  key = (changed or named)[0]
+  return f'config.interpreter.{key}={section[key]!r}'
 
 
 def _value(c: ConfigDict, dotted: str) -> Any:
@@ -266,6 +316,56 @@ def mode(c: ConfigDict) -> Mode:
 def position_strategy(c: ConfigDict) -> PositionStrategy:
   """The run's position strategy (`data.position_strategy`, `data.fixed_reserve`)."""
   return PositionStrategy(c.data.position_strategy, c.data.fixed_reserve)
+
+
+def prompt_template(c: ConfigDict) -> str:
+  """How the run renders a prompt (`data.prompt_template`)."""
+  return c.data.get('prompt_template', defaults().data.prompt_template)
+
+
+def interpreter_config(c: ConfigDict, **overrides: Any) -> InterpreterConfig:
+  """The decoder's config for a run config.
+
+  The run's mode, its position strategy as decoded
+  (`PositionStrategy.for_decoding()`: a run trained with 'oracle' positions
+  decodes with 'predicted'), the interpreter section (its missing fields take
+  InterpreterConfig's defaults), one slot in sequential mode, then `overrides`
+  (any InterpreterConfig field, e.g. slots=4, max_steps=256).
+
+  Raises:
+    ConfigError: an unknown key in the section or an unknown override.
+    ValueError: a value InterpreterConfig rejects.
+  """
+  fields = {f.name for f in dataclasses.fields(InterpreterConfig)}
+  unknown = sorted(set(overrides) - fields)
+  if unknown:
+    raise ConfigError(f'unknown InterpreterConfig fields {unknown}; fields: {sorted(fields)}')
+  section = c.interpreter.to_dict() if 'interpreter' in c else {}
+  known = tuple(interpreter_fields())
+  for key in section:
+    if key not in known:
+      raise _unknown('interpreter.', key, known)
+  values = {**section, 'mode': mode(c),
+            'position_strategy': position_strategy(c).for_decoding(), **overrides}
+  if Mode.parse(values['mode']) is Mode.SEQUENTIAL and 'slots' not in overrides:
+    values['slots'] = 1
+  return InterpreterConfig(**values)
+
+
+def rules_for(model_config: model_config_lib.TransformerConfig, mesh: jax.sharding.Mesh,
+              overrides: Sequence[Sequence] = ()) -> list[tuple]:
+  """`models.sharding.default_rules`, with the names in `overrides` (the run's
+  `mesh.rules`) replaced."""
+  overrides = [(name, tuple(axes) if isinstance(axes, list) else axes)
+               for name, axes in overrides]
+  for name, axes in overrides:
+    for axis in (axes if isinstance(axes, tuple) else (axes,)):
+      if axis is not None and axis not in model_sharding.MESH_AXES:
+        raise ConfigError(f'config.mesh.rules: rule {(name, axes)!r} names mesh axis '
+                          f'{axis!r}; the mesh axes are {model_sharding.MESH_AXES}')
+  replaced = {name for name, _ in overrides}
+  base = [r for r in model_sharding.default_rules(model_config, mesh) if r[0] not in replaced]
+  return overrides + base
 
 
 def eval_batch_size(c: ConfigDict) -> int:
