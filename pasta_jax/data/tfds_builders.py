@@ -19,11 +19,11 @@ import os
 from typing import Any, Iterator, Mapping
 
 from absl import logging
-import numpy as np
 import tensorflow_datasets as tfds
 
 from pasta_jax import lang
 from pasta_jax.data import synthetic
+from pasta_jax.data.records import decode_text  # pylint: disable=unused-import  (its old home)
 
 FILE_FORMAT = 'array_record'
 ON_ERROR = ('fail', 'skip')
@@ -218,12 +218,3 @@ def _record(json_line: str, path: str, line: int, config: PastaJsonlConfig) -> d
           'plain_response': lang.strip(doc), 'family': str(row.get('family', '')),
           'facts': facts if isinstance(facts, str) else json.dumps(facts, sort_keys=True),
           'extras': json.dumps(extras, sort_keys=True)}
-
-
-def decode_text(value: Any) -> str:
-  """A text feature read from a data source (bytes) as str."""
-  if isinstance(value, bytes):
-    return value.decode('utf-8')
-  if isinstance(value, np.ndarray):
-    return decode_text(value.item())
-  return str(value)

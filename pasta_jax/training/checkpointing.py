@@ -8,7 +8,8 @@ A run directory (`--workdir`) holds
       params                  the model params (nested like the model; also readable
                               by `models.checkpoint.load_params`)
       optimizer               {'step', 'opt_state'}
-      data                    every host's input-pipeline state (JSON)
+      data                    the input pipeline's state, one file per host
+                              (grain's orbax handler: process_<i>-of-<n>.json)
       config                  the effective config (JSON)
   metrics.jsonl, events.*     what training logged (see `training.metrics`)
 
@@ -21,10 +22,13 @@ Later stages load a run with `load_run`:
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
-from typing import Any, Mapping
+import re
+from typing import Any
 
+import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -68,28 +72,42 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: TrainState, *, data: Mapping[str, Any],
+  def save(self, state: TrainState, *, data: grain.DatasetIterator,
            config: ml_collections.ConfigDict) -> bool:
-    """Saves at `state.step`; True when a save started."""
+    """Saves at `state.step` (`data`: this host's input pipeline); True when a
+    save started."""
     step = int(jax.device_get(state.step))
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         optimizer=ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state}),
-        data=ocp.args.JsonSave(dict(data)),
+        data=grain.checkpoint.CheckpointSave(data),
         config=ocp.args.JsonSave(config_to_json(config)))
     return self._manager.save(step, args=args, force=True)
 
-  def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict, dict]:
-    """(state in target's shardings, data item, config item) of `step`."""
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target.params),
-        optimizer=ocp.args.StandardRestore({'step': target.step,
-                                            'opt_state': target.opt_state}),
-        data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+  def restore(self, step: int, target: TrainState, *, data: grain.DatasetIterator
+              ) -> tuple[TrainState, dict]:
+    """(state in target's shardings, config item) of `step`; puts `data` (this
+    host's input pipeline) where it was.
+
+    Saved by as many hosts as now, each host takes its own state; saved by
+    another number, its state is host `process_index`'s (host 0's if there were
+    fewer), which the pipeline maps onto this host layout (`Batches.set_state`).
+    """
+    items = dict(params=ocp.args.StandardRestore(target.params),
+                 optimizer=ocp.args.StandardRestore({'step': target.step,
+                                                     'opt_state': target.opt_state}),
+                 config=ocp.args.JsonRestore())
+    states = _data_state_files(os.path.join(self.directory, str(step), 'data'))
+    own = (jax.process_index(), jax.process_count())
+    if own in states:
+      items['data'] = grain.checkpoint.CheckpointRestore(data)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    if own not in states:
+      data.set_state(_other_layout_state(states, step))
     optimizer = restored['optimizer']
     state = TrainState(step=optimizer['step'], params=restored['params'],
                        opt_state=optimizer['opt_state'])
-    return state, restored['data'], restored['config']
+    return state, restored['config']
 
   def restore_config(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(
@@ -104,6 +122,30 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def _data_state_files(directory: str) -> dict[tuple[int, int], str]:
+  """{(process index, process count): file} of a saved `data` item."""
+  files = {}
+  for path in glob.glob(os.path.join(directory, 'process_*-of-*.json')):
+    index, count = map(int, re.fullmatch(r'process_(\d+)-of-(\d+)\.json',
+                                         os.path.basename(path)).groups())
+    files[index, count] = path
+  return files
+
+
+def _other_layout_state(states: dict[tuple[int, int], str], step: int) -> dict:
+  """The saved state this host resumes from when the hosts were another number."""
+  if not states:
+    raise ValueError(f'the checkpoint of step {step} holds no input-pipeline state of '
+                     'this version (process_<i>-of-<n>.json files): it was written by an '
+                     'older pasta_jax, whose data order this one does not reproduce')
+  index = jax.process_index()
+  counts = {count for _, count in states}
+  count = max(counts)
+  path = states.get((index, count), states.get((0, count)))
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> dict:

@@ -139,7 +139,7 @@ def test_prefetch_yields_the_same_batches_and_state(synth):
   plain = make(train, tok)
   expected = [next(plain) for _ in range(4)]
   states = []
-  fetched = pipeline.Prefetch(make(train, tok), size=2)
+  fetched = pipeline.prefetch(make(train, tok), 2)
   for want in expected:
     got = next(fetched)
     np.testing.assert_array_equal(got['tokens'], want['tokens'])
@@ -149,6 +149,25 @@ def test_prefetch_yields_the_same_batches_and_state(synth):
   for state in states:
     next(check)
     assert check.get_state() == state
+
+
+def test_worker_processes_yield_the_same_batches_and_state(synth):
+  _, train, tok = synth
+  plain = make(train, tok, batch_size=8)
+  expected = [next(plain) for _ in range(3)]
+  state = plain.get_state()
+  after = next(plain)
+  workers = make(train, tok, batch_size=8, workers=2)
+  try:
+    for want in expected:
+      np.testing.assert_array_equal(next(workers)['tokens'], want['tokens'])
+    assert workers.get_state() == state
+    workers.set_state(state)
+    got = next(workers)
+    for field in pipeline.FIELDS:
+      np.testing.assert_array_equal(got[field], after[field])
+  finally:
+    workers.close()
 
 
 def test_finite_epochs_stop_and_long_examples_are_dropped(synth):
