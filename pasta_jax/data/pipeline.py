@@ -123,6 +123,8 @@ class Batches(grain.DatasetIterator):
                position_strategy: PositionStrategy = PositionStrategy(),
                template: str = '{prompt}\n', promise_lengths: str = 'measured',
                workers: int = 0):
+    super().__init__()
+    self._reader: grain.DatasetIterator | None = None
     if batch_size < 1 or seq_len < 2:
       raise ValueError(f'need batch_size >= 1 and seq_len >= 2, got {batch_size}, {seq_len}')
     if not 0 <= process_index < process_count:
@@ -134,7 +136,6 @@ class Batches(grain.DatasetIterator):
                        f'got {promise_lengths!r}')
     if workers < 0:
       raise ValueError(f'workers must be >= 0, got {workers}')
-    super().__init__()
     self._source, self._tok = source, tok
     self.mode, self.batch_size, self.seq_len = Mode.parse(mode), batch_size, seq_len
     self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
@@ -148,7 +149,6 @@ class Batches(grain.DatasetIterator):
     self._examples = self._host_stream(grain.MapDataset.source(source)).map(self._layout)
     self._position = 0
     self._pending: layout.Layout | None = None
-    self._reader: grain.DatasetIterator | None = None
     self.stats = Stats()
 
   def _host_stream(self, ds: grain.MapDataset) -> grain.MapDataset:

@@ -136,6 +136,25 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(interrupted, tfds_d
   np.testing.assert_allclose(tail(workdir), tail(root / 'straight'), rtol=1e-6)
 
 
+def test_data_state_is_saved_per_host_and_maps_onto_another_host_count(interrupted,
+                                                                       tmp_path):
+  _, _, root = interrupted
+  data = root / 'stopped' / 'checkpoints' / '6' / 'data'
+  assert [n for n in os.listdir(data) if n.endswith('.json')] == ['process_0-of-1.json']
+  saved = json.loads((data / 'process_0-of-1.json').read_text())
+  assert saved['process_count'] == 1 and saved['seed'] == 0
+  # Saved by two hosts, resumed by one: host 0's state (the pipeline maps it).
+  states = {}
+  for host in range(2):
+    states[host, 2] = str(tmp_path / f'process_{host}-of-2.json')
+    with open(states[host, 2], 'w') as f:
+      json.dump({**saved, 'process_index': host, 'process_count': 2}, f)
+  assert checkpointing._data_state_files(str(tmp_path)) == states
+  assert checkpointing._other_layout_state(states, 6)['process_index'] == 0
+  with pytest.raises(ValueError, match='older pasta_jax'):
+    checkpointing._other_layout_state({}, 6)
+
+
 def test_sequential_mode_trains_on_stripped_documents(tfds_dir, tmp_path):
   config = tiny_config(tfds_dir, 'tiny_sequential', **{'train.num_steps': 4,
                                                        'eval.num_batches': 2})
