@@ -151,6 +151,27 @@ def test_prefetch_yields_the_same_batches_and_state(synth):
     assert check.get_state() == state
 
 
+def test_prefetched_state_round_trips_through_grains_orbax_handler(synth, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+  _, train, tok = synth
+  fetched = pipeline.prefetch(make(train, tok), 2)
+  for _ in range(3):
+    next(fetched)
+  plain = make(train, tok)
+  expected = [next(plain) for _ in range(5)][3:]
+  with ocp.CheckpointManager(tmp_path, item_names=('data',)) as manager:
+    manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(fetched)))
+    manager.wait_until_finished()
+    fetched.close()
+    resumed = pipeline.prefetch(make(train, tok), 2)
+    manager.restore(3, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(resumed)))
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)['tokens'], want['tokens'])
+  resumed.close()
+
+
 def test_worker_processes_yield_the_same_batches_and_state(synth):
   _, train, tok = synth
   plain = make(train, tok, batch_size=8)
