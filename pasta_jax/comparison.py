@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import auto as tqdm_auto
 
 from pasta_jax.data import encoding
+from pasta_jax.data import records
 from pasta_jax.data import synthetic
-from pasta_jax.data import tfds_builders
 from pasta_jax.settings import Mode
 
 
@@ -158,9 +158,9 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
 
   for i in tqdm_auto.trange(total, desc='evaluating', unit='prompt', disable=not progress):
     record = source[i]
-    prompt = tfds_builders.decode_text(record['prompt'])
-    family = tfds_builders.decode_text(record['family'])
-    facts = tfds_builders.decode_text(record['facts'])
+    prompt = records.decode_text(record['prompt'])
+    family = records.decode_text(record['family'])
+    facts = records.decode_text(record['facts'])
     base, base_t = timed(baseline, prompt)
     for name, pasta in pastas.items():
       result, pasta_t = timed(pasta, prompt)

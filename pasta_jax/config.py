@@ -105,7 +105,9 @@ def defaults() -> ConfigDict:
   c.data.prompt_template = '{prompt}\n'
   c.data.position_strategy = 'predicted'
   c.data.fixed_reserve = 32
-  c.data.prefetch = 2                  # batches prepared ahead in a background thread
+  c.data.prefetch = 2                  # batches prepared ahead in grain's background thread
+  c.data.workers = 0                   # grain worker processes laying out examples
+                                       # (0: the training process; same batches for any)
 
   c.tokenizer = ConfigDict()
   c.tokenizer.path = ''                # '' = train one on the training split
@@ -246,6 +248,7 @@ def check_values(c: ConfigDict) -> None:
   need(c.data.seq_len >= 2, 'data.seq_len', 'an int >= 2')
   need(c.data.batch_size >= 1, 'data.batch_size', 'an int >= 1')
   need(c.data.prefetch >= 0, 'data.prefetch', 'an int >= 0')
+  need(c.data.workers >= 0, 'data.workers', 'an int >= 0')
   need(c.tokenizer.path != '' or c.tokenizer.num_texts >= 1, 'tokenizer.num_texts',
        'an int >= 1 (texts to train the tokenizer on)')
   need(c.model.vocab_size >= 0, 'model.vocab_size', "an int >= 0 (0 = the tokenizer's)")

@@ -34,7 +34,7 @@ from pasta_jax.data import build
 from pasta_jax.data import encoding
 from pasta_jax.data import pipeline
 from pasta_jax.data import sources as sources_lib
-from pasta_jax.data import tfds_builders
+from pasta_jax.data import records
 from pasta_jax.settings import Mode
 from pasta_jax.training import inputs
 
@@ -81,10 +81,10 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
   for split, source in sources.items():
     for i in tqdm_auto.trange(len(source), desc=f'checking {split}', unit='example'):
       record = source[i]
-      prompt = tfds_builders.decode_text(record['prompt'])
-      family = tfds_builders.decode_text(record['family'])
+      prompt = records.decode_text(record['prompt'])
+      family = records.decode_text(record['family'])
       enc = encoding.encode_example(prompt,
-                                    tfds_builders.decode_text(record['annotated_response']),
+                                    records.decode_text(record['annotated_response']),
                                     tok, template=config.data.prompt_template,
                                     promise_lengths=config.data.promise_lengths)
       if tok.decode(enc.response) != enc.document:

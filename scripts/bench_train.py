@@ -1,7 +1,7 @@
-"""Train-step throughput on this machine, and the cost of PASTA masks over causal ones.
+"""Train-step and input-pipeline throughput on this machine, and the cost of PASTA masks.
 
     python scripts/bench_train.py                       # presets tiny (configs/synth.py's) and small
-    python scripts/bench_train.py --presets tiny --batch 8 --runs 10
+    python scripts/bench_train.py --presets tiny --batch 8 --runs 10 --workers 2
 
 For each model preset (vocabulary: a 512-id tokenizer trained here on synthetic
 benchmark examples) the jitted, donated train step of `pasta_jax.training`
@@ -11,16 +11,24 @@ metadata over the same tokens (`masks.causal_meta`: the sequential baseline's
 mask). Both build the mask inside the jitted step from `AttentionMeta`, as
 training does. Steps alternate between the two so that machine noise hits both;
 the table has the median times (compilation excluded) and their ratio.
+
+Beside them, the input pipeline (`pasta_jax.data.pipeline.Batches`, shuffled, with
+`--workers` processes and grain's `data.prefetch` thread as training sets it up)
+packs `--pipeline_batches` batches of the same shape from the same examples (in
+memory); its examples/s and tokens/s (batch x seq_len slots per second, the
+step's unit) and its token rate over the PASTA step's (target: >= 3; a pipeline
+slower than the step would make training wait for data).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
@@ -35,14 +43,43 @@ from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
 
 
-def pasta_batch(batch: int, seq_len: int) -> tuple[dict, int]:
-  """A packed PASTA batch of synthetic examples, and the tokenizer's vocab size."""
+_PRESETS = flags.DEFINE_string('presets', 'tiny,small', 'Model presets, comma-separated.')
+_BATCH = flags.DEFINE_integer('batch', 8, 'Rows per batch.')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 320, 'Tokens per row.')
+_RUNS = flags.DEFINE_integer('runs', 10, 'Timed steps of each kind.')
+_WORKERS = flags.DEFINE_integer('workers', config_lib.defaults().data.workers,
+                                'Input-pipeline worker processes (data.workers).')
+_PIPELINE_BATCHES = flags.DEFINE_integer('pipeline_batches', 50,
+                                         'Batches the input pipeline is timed on.')
+
+
+def synthetic_records() -> tuple[list[dict[str, str]], tokenizer_lib.Tokenizer]:
+  """400 synthetic training records and a 512-id tokenizer trained on them."""
   examples = list(synthetic.generate('train', 400, seed=0))
   texts = [t for e in examples for t in (e.prompt, e.plain)]
   tok = tokenizer_lib.train_tokenizer(texts, None, vocab_size=512, max_promise_tokens=100)
-  records = [{'prompt': e.prompt, 'annotated_response': e.annotated} for e in examples]
-  it = pipeline.Batches(records, tok, mode='pasta', batch_size=batch, seq_len=seq_len)
-  return next(it), tok.vocab_size
+  return [{'prompt': e.prompt, 'annotated_response': e.annotated} for e in examples], tok
+
+
+def bench_pipeline(records: list[dict[str, str]], tok: tokenizer_lib.Tokenizer, *,
+                   batch: int, seq_len: int, workers: int, batches: int
+                   ) -> tuple[dict, dict[str, float]]:
+  """(first batch, {examples_per_s, tokens_per_s}) of the training pipeline."""
+  it = pipeline.Batches(records, tok, mode='pasta', batch_size=batch, seq_len=seq_len,
+                        workers=workers)
+  feed = pipeline.prefetch(it, config_lib.defaults().data.prefetch)
+  try:
+    first = next(feed)  # starts the workers
+    examples = it.stats.examples
+    start = time.perf_counter()
+    for _ in range(batches):
+      next(feed)
+    seconds = time.perf_counter() - start
+    examples = it.stats.examples - examples
+  finally:
+    feed.close()
+  return first, {'examples_per_s': examples / seconds,
+                 'tokens_per_s': batches * batch * seq_len / seconds}
 
 
 def causal_version(batch: dict) -> dict:
@@ -84,30 +121,30 @@ def bench(preset: str, batch: dict, vocab: int, runs: int) -> dict[str, float]:
           **{kind: statistics.median(t) for kind, t in times.items()}}
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--presets', default='tiny,small')
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--seq_len', type=int, default=320)
-  parser.add_argument('--runs', type=int, default=10)
-  args = parser.parse_args(argv)
-  batch, vocab = pasta_batch(args.batch, args.seq_len)
+def main(argv: list[str]) -> None:
+  del argv
+  records, tok = synthetic_records()
+  batch, feed = bench_pipeline(records, tok, batch=_BATCH.value, seq_len=_SEQ_LEN.value,
+                               workers=_WORKERS.value, batches=_PIPELINE_BATCHES.value)
   info = pipeline.describe(batch)
   print(f'{jax.devices()[0].device_kind} x{jax.device_count()}, jax {jax.__version__}; '
-        f'batch [{args.batch}, {args.seq_len}] of {info["examples"]:.0f} synthetic examples '
-        f'({100 * info["fill"]:.0f}% of slots used), vocab {vocab}, {args.runs} runs each\n',
-        file=sys.stderr)
+        f'batch [{_BATCH.value}, {_SEQ_LEN.value}] of {info["examples"]:.0f} synthetic '
+        f'examples ({100 * info["fill"]:.0f}% of slots used), vocab {tok.vocab_size}, '
+        f'{_RUNS.value} runs each; pipeline: {_WORKERS.value} worker(s), '
+        f'{_PIPELINE_BATCHES.value} batches\n', file=sys.stderr)
   print('| preset | params | causal step (ms) | PASTA step (ms) | tokens/s (PASTA) '
-        '| PASTA / causal |')
-  print('|---|---|---|---|---|---|')
-  for preset in args.presets.split(','):
-    r = bench(preset, batch, vocab, args.runs)
-    tokens = args.batch * args.seq_len
+        '| PASTA / causal | pipeline examples/s | pipeline tokens/s | pipeline / step |')
+  print('|---|---|---|---|---|---|---|---|---|')
+  for preset in _PRESETS.value.split(','):
+    r = bench(preset, batch, tok.vocab_size, _RUNS.value)
+    step_tokens_per_s = _BATCH.value * _SEQ_LEN.value / r['pasta']
     print(f'| {preset} | {r["params"] / 1e6:.2f}M | {1e3 * r["causal"]:.0f} | '
-          f'{1e3 * r["pasta"]:.0f} | {tokens / r["pasta"]:,.0f} | '
-          f'{r["pasta"] / r["causal"]:.3f} |', flush=True)
+          f'{1e3 * r["pasta"]:.0f} | {step_tokens_per_s:,.0f} | '
+          f'{r["pasta"] / r["causal"]:.3f} | {feed["examples_per_s"]:,.0f} | '
+          f'{feed["tokens_per_s"]:,.0f} | {feed["tokens_per_s"] / step_tokens_per_s:.1f} |',
+          flush=True)
 
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  main()
+  app.run(main)

@@ -1,18 +1,22 @@
-"""The training input pipeline: random-access records -> fixed-shape packed batches.
+"""The training input pipeline on grain: random-access records -> fixed-shape packed batches.
 
-Reads any random-access sequence of records (a `tfds.data_source` over the
-ArrayRecord files the builders in `tfds_builders` write: no TensorFlow graph, no
-TensorFlow at all), encodes each example with the tokenizer, lays it out with
+The examples are a `grain.MapDataset` over any random-access sequence of records
+(a `tfds.data_source` over the ArrayRecord files the builders in `tfds_builders`
+write: no TensorFlow graph, no TensorFlow at all): grain's global shuffle (a new
+permutation each epoch, from the seed), this host's share of it (host h of n
+takes every n-th example, so hosts read disjoint parts that together cover the
+data), then each record encoded with the tokenizer and laid out with
 `pasta_jax.layout` (mode 'pasta': PASTA masks, positions and targets; mode
-'sequential': the same documents stripped, causal) and packs several examples into
-each row of a [batch, seq_len] batch.
+'sequential': the same documents stripped, causal). grain reads them, in
+`workers` processes when asked (`mp_prefetch`, which keeps the order), and
+`Batches`, our one own transform, packs several examples into each row of a
+[batch, seq_len] batch. `prefetch` puts grain's background thread in front.
 
-Determinism and resumption: the order of an epoch is a permutation seeded by
-(seed, epoch); host h of n takes every n-th example of it, so hosts see disjoint
-parts that together cover the data. Every batch starts at an example boundary, so
-the iterator state is just (epoch, index into the host's share): `get_state()` after
+Determinism and resumption: every batch starts at an example boundary, so the
+iterator state is just (epoch, index into the host's share): `get_state()` after
 a batch and `set_state()` on a fresh iterator continue with exactly the same
-batches.
+batches, whatever the number of workers. A state of another host layout resumes
+at the same epoch, from the same fraction of it.
 
 A batch is a dict of numpy arrays, all [batch, seq_len]:
 
@@ -29,22 +33,23 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import queue
-import threading
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from absl import flags
+import grain
 import numpy as np
 
 from pasta_jax import layout
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
-from pasta_jax.data import tfds_builders
+from pasta_jax.data import records
 from pasta_jax.settings import Mode, PositionStrategy
 
 FIELDS = ('tokens', 'positions', 'targets', 'loss_weights', 'segment', 'thread', 'anchor',
           'visible_from', 'order')
-STATE_VERSION = 1
+# 2: grain's shuffle (version 1 was numpy's permutation: another order).
+STATE_VERSION = 2
 
 
 def meta_of(batch: Mapping[str, Any]) -> masks.AttentionMeta:
@@ -69,7 +74,28 @@ class Stats:
     return self.tokens / self.slots if self.slots else 0.0
 
 
-class Batches:
+@dataclasses.dataclass(frozen=True, eq=False)
+class ToLayout:
+  """A record -> its layout in `mode` (a grain map; picklable for worker processes)."""
+
+  tok: tokenizer_lib.Tokenizer
+  mode: Mode
+  position_strategy: PositionStrategy
+  template: str
+  promise_lengths: str
+
+  def __call__(self, record: Mapping[str, Any]) -> layout.Layout:
+    enc = encoding.encode_example(
+        records.decode_text(record['prompt']),
+        records.decode_text(record['annotated_response']), self.tok,
+        template=self.template, promise_lengths=self.promise_lengths)
+    if self.mode is Mode.PASTA:
+      return layout.pasta_layout(enc.prompt, enc.response, self.tok.control,
+                                 position_strategy=self.position_strategy)
+    return layout.sequential_layout(enc.prompt, enc.plain)
+
+
+class Batches(grain.DatasetIterator):
   """A deterministic, resumable iterator of packed batches for one host.
 
   Args:
@@ -86,6 +112,8 @@ class Batches:
     position_strategy: the positions a promise reserves (PASTA.md section 3).
     template: how a prompt is rendered (see `encoding.encode_prompt`).
     promise_lengths: 'measured' or 'annotated' (see `encoding.encode_example`).
+    workers: processes that read and lay out examples (grain's `mp_prefetch`;
+      0: this process). The batches are the same for any number.
   """
 
   def __init__(self, source: Sequence[Mapping[str, Any]], tok: tokenizer_lib.Tokenizer, *,
@@ -93,7 +121,10 @@ class Batches:
                shuffle: bool = True, num_epochs: int | None = None,
                process_index: int = 0, process_count: int = 1,
                position_strategy: PositionStrategy = PositionStrategy(),
-               template: str = '{prompt}\n', promise_lengths: str = 'measured'):
+               template: str = '{prompt}\n', promise_lengths: str = 'measured',
+               workers: int = 0):
+    super().__init__()
+    self._reader: grain.DatasetIterator | None = None
     if batch_size < 1 or seq_len < 2:
       raise ValueError(f'need batch_size >= 1 and seq_len >= 2, got {batch_size}, {seq_len}')
     if not 0 <= process_index < process_count:
@@ -103,20 +134,34 @@ class Batches:
     if promise_lengths not in encoding.PROMISE_LENGTHS:
       raise ValueError(f'promise_lengths must be one of {encoding.PROMISE_LENGTHS}, '
                        f'got {promise_lengths!r}')
+    if workers < 0:
+      raise ValueError(f'workers must be >= 0, got {workers}')
     self._source, self._tok = source, tok
     self.mode, self.batch_size, self.seq_len = Mode.parse(mode), batch_size, seq_len
     self._seed, self._shuffle, self._num_epochs = seed, shuffle, num_epochs
     self._host, self._hosts = process_index, process_count
-    self._position_strategy = position_strategy
-    self._template, self._promise_lengths = template, promise_lengths
-    self._epoch, self._index = 0, 0
-    self._order = self._host_order(0)
+    self._workers = workers
+    self._layout = ToLayout(tok, self.mode, position_strategy, template, promise_lengths)
+    self._share = _share(len(source), process_index, process_count)
+    # The host's examples, epoch after epoch; `_position` indexes them. The
+    # example at `_position` may already be read (`_pending`: it did not fit
+    # into the last batch).
+    self._examples = self._host_stream(grain.MapDataset.source(source)).map(self._layout)
+    self._position = 0
+    self._pending: layout.Layout | None = None
     self.stats = Stats()
+
+  def _host_stream(self, ds: grain.MapDataset) -> grain.MapDataset:
+    """`ds` (one item per record) in this host's order, epoch after epoch."""
+    if self._shuffle:
+      ds = ds.shuffle(seed=self._seed)  # a new permutation each epoch (seed + epoch)
+    return ds[self._host::self._hosts].repeat(self._num_epochs)
 
   # -- state ---------------------------------------------------------------
 
   def get_state(self) -> dict[str, int]:
-    return {'version': STATE_VERSION, 'epoch': self._epoch, 'index': self._index,
+    epoch, index = divmod(self._position, self._share)
+    return {'version': STATE_VERSION, 'epoch': epoch, 'index': index,
             'seed': self._seed, 'process_index': self._host,
             'process_count': self._hosts}
 
@@ -127,37 +172,26 @@ class Batches:
     if state['seed'] != self._seed:
       raise ValueError(f'iterator state has seed {state["seed"]}, this iterator '
                        f'{self._seed}')
+    index = state['index']
     if (state['process_index'], state['process_count']) != (self._host, self._hosts):
       # Another host layout: resume at the same epoch, from the same fraction of it.
       old_share = _share(len(self._source), state['process_index'],
                          state['process_count'])
-      fraction = state['index'] / max(old_share, 1)
-      self._epoch = state['epoch']
-      self._order = self._host_order(self._epoch)
-      self._index = min(int(round(fraction * len(self._order))), len(self._order))
-      return
-    self._epoch, self._index = state['epoch'], state['index']
-    self._order = self._host_order(self._epoch)
+      fraction = index / max(old_share, 1)
+      index = min(int(round(fraction * self._share)), self._share)
+    self._position = state['epoch'] * self._share + index
+    self._pending = None
+    self._close_reader()
 
   # -- iteration -----------------------------------------------------------
-
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    return self
 
   def __next__(self) -> dict[str, np.ndarray]:
     rows: list[list[layout.Layout]] = [[] for _ in range(self.batch_size)]
     fill = [0] * self.batch_size
-    while True:
-      if self._index >= len(self._order):
-        if self._num_epochs is not None and self._epoch + 1 >= self._num_epochs:
-          break
-        self._epoch += 1
-        self._index = 0
-        self._order = self._host_order(self._epoch)
-      item = self.example(int(self._order[self._index]))
+    while (item := self._peek()) is not None:
       if len(item) > self.seq_len:
         self.stats.dropped_too_long += 1
-        self._index += 1
+        self._take()
         continue
       row = next((r for r in range(self.batch_size)
                   if fill[r] + len(item) <= self.seq_len), None)
@@ -165,7 +199,7 @@ class Batches:
         break  # starts the next batch
       rows[row].append(item)
       fill[row] += len(item)
-      self._index += 1
+      self._take()
       self.stats.examples += 1
     if not any(rows):
       raise StopIteration
@@ -174,29 +208,56 @@ class Batches:
     self.stats.slots += self.batch_size * self.seq_len
     return pack(rows, self.seq_len, self._tok.pad_id)
 
+  def _peek(self) -> layout.Layout | None:
+    """The example at `_position` (None after the last epoch)."""
+    if self._pending is None:
+      if self._reader is None:
+        self._reader = self._read_from(self._position)
+      self._pending = next(self._reader, None)
+    return self._pending
+
+  def _take(self) -> None:
+    self._pending = None
+    self._position += 1
+
+  def _read_from(self, position: int) -> grain.DatasetIterator:
+    # One reading thread: the layouts are Python work, more threads only contend
+    # for the GIL; `workers` processes do them in parallel, in order.
+    ds = self._examples[position:].to_iter_dataset(
+        grain.ReadOptions(num_threads=1, prefetch_buffer_size=64))
+    if self._workers:
+      if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._workers))
+    return iter(ds)
+
+  def _close_reader(self) -> None:
+    if self._reader is not None:
+      self._reader.close()
+      self._reader = None
+
+  def close(self) -> None:
+    self._close_reader()
+    super().close()
+
   def example(self, index: int) -> layout.Layout:
     """The layout of record `index` in this iterator's mode."""
-    record = self._source[index]
-    enc = encoding.encode_example(
-        tfds_builders.decode_text(record['prompt']),
-        tfds_builders.decode_text(record['annotated_response']), self._tok,
-        template=self._template, promise_lengths=self._promise_lengths)
-    if self.mode is Mode.PASTA:
-      return layout.pasta_layout(enc.prompt, enc.response, self._tok.control,
-                                 position_strategy=self._position_strategy)
-    return layout.sequential_layout(enc.prompt, enc.plain)
+    return self._layout(self._source[index])
 
   def host_indices(self, epoch: int) -> np.ndarray:
     """The source indices this host reads in `epoch`, in order."""
-    return self._host_order(epoch)
+    order = self._host_stream(grain.MapDataset.range(len(self._source)))
+    return np.asarray([order[epoch * self._share + i] for i in range(self._share)])
 
-  def _host_order(self, epoch: int) -> np.ndarray:
-    n = len(self._source)
-    if self._shuffle:
-      order = np.random.default_rng([self._seed, epoch]).permutation(n)
-    else:
-      order = np.arange(n)
-    return order[self._host::self._hosts]
+
+def prefetch(batches: Batches, size: int) -> grain.DatasetIterator:
+  """`batches` produced `size` ahead in grain's background thread (0: `batches`).
+
+  Its `get_state` follows what was yielded; `close` stops the thread.
+  """
+  if not size:
+    return batches
+  return grain.experimental.ThreadPrefetchDatasetIterator(batches, size)
 
 
 def _share(n: int, host: int, hosts: int) -> int:
@@ -233,53 +294,6 @@ def pack(rows: Sequence[Sequence[layout.Layout]], seq_len: int, pad_id: int
                                                 masks.NEVER, item.visible_from + start)
       start += len(item)
   return batch
-
-
-class Prefetch:
-  """Produces batches in a background thread; `get_state` follows what was yielded."""
-
-  def __init__(self, batches: Batches, size: int = 2):
-    self._batches = batches
-    self._state = batches.get_state()
-    self._queue: queue.Queue = queue.Queue(maxsize=size)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._produce, daemon=True)
-    self._thread.start()
-
-  def _produce(self) -> None:
-    while not self._stop.is_set():
-      try:
-        item = (next(self._batches), self._batches.get_state(), None)
-      except StopIteration:
-        item = (None, None, StopIteration())
-      except Exception as e:  # pylint: disable=broad-except
-        item = (None, None, e)
-      while not self._stop.is_set():
-        try:
-          self._queue.put(item, timeout=0.1)
-          break
-        except queue.Full:
-          continue
-      if item[2] is not None:
-        return
-
-  def __iter__(self):
-    return self
-
-  def __next__(self) -> dict[str, np.ndarray]:
-    batch, state, error = self._queue.get()
-    if error is not None:
-      self._stop.set()
-      raise error
-    self._state = state
-    return batch
-
-  def get_state(self) -> dict[str, int]:
-    return dict(self._state)
-
-  def close(self) -> None:
-    self._stop.set()
-    self._thread.join(timeout=5)
 
 
 def describe(batch: Mapping[str, np.ndarray]) -> dict[str, float]:

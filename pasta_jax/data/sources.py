@@ -17,7 +17,7 @@ from pasta_jax import lang
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.config import ConfigError
 from pasta_jax.data import build
-from pasta_jax.data import tfds_builders
+from pasta_jax.data import records
 
 
 def data_sources(data: ml_collections.ConfigDict, splits: Sequence[str]) -> dict:
@@ -46,9 +46,9 @@ def tokenizer_texts(source, limit: int) -> Iterator[str]:
   """Prompts, plain responses and promise topics of the first `limit` records."""
   for i in range(min(limit, len(source))):
     record = source[i]
-    yield tfds_builders.decode_text(record['prompt'])
-    yield tfds_builders.decode_text(record['plain_response'])
-    doc = lang.parse(tfds_builders.decode_text(record['annotated_response']), quantum=1)
+    yield records.decode_text(record['prompt'])
+    yield records.decode_text(record['plain_response'])
+    doc = lang.parse(records.decode_text(record['annotated_response']), quantum=1)
     for promise in doc.promises:
       yield promise.topic
 

@@ -19,7 +19,6 @@ import os
 from typing import Any, Iterator, Mapping
 
 from absl import logging
-import numpy as np
 import tensorflow_datasets as tfds
 
 from pasta_jax import lang
@@ -218,12 +217,3 @@ def _record(json_line: str, path: str, line: int, config: PastaJsonlConfig) -> d
           'plain_response': lang.strip(doc), 'family': str(row.get('family', '')),
           'facts': facts if isinstance(facts, str) else json.dumps(facts, sort_keys=True),
           'extras': json.dumps(extras, sort_keys=True)}
-
-
-def decode_text(value: Any) -> str:
-  """A text feature read from a data source (bytes) as str."""
-  if isinstance(value, bytes):
-    return value.decode('utf-8')
-  if isinstance(value, np.ndarray):
-    return decode_text(value.item())
-  return str(value)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 import jax.numpy as jnp
 # Imported for its side effect too: numpy then knows the dtype name 'bfloat16',
 # which safetensors' numpy reader asks for on BF16 tensors.
-import ml_dtypes  # pylint: disable=unused-import
+import ml_dtypes  # noqa: F401  pylint: disable=unused-import
 import numpy as np
 import safetensors
 

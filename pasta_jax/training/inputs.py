@@ -8,7 +8,6 @@ device by `partitioning.global_batch`.
 from __future__ import annotations
 
 import math
-from typing import Mapping
 
 import jax
 from jax.experimental import multihost_utils
@@ -23,14 +22,16 @@ from pasta_jax.data import pipeline
 def batches(config: ml_collections.ConfigDict, source, tok: tokenizer_lib.Tokenizer, *,
             rows: int, train: bool, process_index: int, process_count: int,
             num_epochs: int | None = None) -> pipeline.Batches:
-  """This host's pipeline over `source` (`rows` per batch on this host)."""
+  """This host's pipeline over `source` (`rows` per batch on this host; in
+  `data.workers` processes when training)."""
   data = config.data
   return pipeline.Batches(
       source, tok, mode=config_lib.mode(config), batch_size=rows, seq_len=data.seq_len,
       seed=config.seed, shuffle=train, num_epochs=num_epochs,
       process_index=process_index, process_count=process_count,
       position_strategy=config_lib.position_strategy(config),
-      template=data.prompt_template, promise_lengths=data.promise_lengths)
+      template=data.prompt_template, promise_lengths=data.promise_lengths,
+      workers=data.workers if train else 0)
 
 
 def _max_over_hosts(value: int) -> int:
@@ -61,6 +62,7 @@ def eval_batches(config: ml_collections.ConfigDict, source, tok: tokenizer_lib.T
     out.append(batch)
     if limit is not None and len(out) >= limit:
       break
+  it.close()
   count = _max_over_hosts(len(out))
   empty = pipeline.pack([[] for _ in range(rows)], config.data.seq_len, tok.pad_id)
   return out + [empty] * (count - len(out))
@@ -72,22 +74,7 @@ def steps_for_epochs(config: ml_collections.ConfigDict, source, tok, *, rows: in
   of any host) times the epochs, rounded up."""
   it = batches(config, source, tok, rows=rows, train=True, num_epochs=1,
                process_index=process_index, process_count=process_count)
-  per_epoch = _min_over_hosts(sum(1 for _ in it))
+  count = sum(1 for _ in it)
+  it.close()
+  per_epoch = _min_over_hosts(count)
   return max(1, math.ceil(config.train.num_epochs * per_epoch))
-
-
-def gather_iterator_states(state: Mapping[str, int]) -> list[dict[str, int]]:
-  """Every host's iterator state, in host order (a collective on all hosts)."""
-  keys = sorted(state)
-  if jax.process_count() == 1:
-    return [dict(state)]
-  values = np.asarray([state[k] for k in keys], np.int64)
-  gathered = np.asarray(multihost_utils.process_allgather(values))
-  return [dict(zip(keys, (int(v) for v in row))) for row in gathered.reshape(-1, len(keys))]
-
-
-def host_iterator_state(saved: Mapping, process_index: int) -> dict[str, int]:
-  """This host's state from what `gather_iterator_states` saved (any host count:
-  the pipeline maps a state of another host layout onto its own)."""
-  hosts = saved['hosts']
-  return dict(hosts[process_index] if process_index < len(hosts) else hosts[0])

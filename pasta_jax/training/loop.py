@@ -223,11 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # -- State: restored, from a Gemma checkpoint, or fresh. -------------------
   optimizer, schedule = state_lib.make_optimizer(config.optimizer, num_steps)
   shardings = state_lib.state_shardings(model_config, optimizer, mesh, rules)
-  data_state = None
+  train_batches = inputs.batches(config, sources['train'], tok, rows=rows, train=True,
+                                 process_index=process_index, process_count=process_count)
+  feed = pipeline.prefetch(train_batches, config.data.prefetch)
   if latest is not None:
     target = state_lib.abstract_state(model_config, optimizer, shardings)
-    state, data_item, _ = checkpoints.restore(latest, target)
-    data_state = inputs.host_iterator_state(data_item, process_index)
+    state, _ = checkpoints.restore(latest, target, data=feed)
     notes.append(f'resumed from the checkpoint of step {latest}')
   elif init_path is not None:
     params = _load_init_params(config, init_path, model_config, shardings.params)
@@ -239,10 +240,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if primary:
     runs.write_config(config, workdir)
 
-  train_batches = inputs.batches(config, sources['train'], tok, rows=rows, train=True,
-                                 process_index=process_index, process_count=process_count)
-  if data_state is not None:
-    train_batches.set_state(data_state)
   eval_batches = inputs.eval_batches(config, sources[config.eval.split], tok, rows=eval_rows,
                                      process_index=process_index,
                                      process_count=process_count)
@@ -275,13 +272,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def save(force: bool) -> bool:
     if not (force or step % config.checkpoint.every_steps == 0):
       return False
-    hosts = inputs.gather_iterator_states(feed.get_state())
-    return checkpoints.save(state, data={'process_count': process_count, 'hosts': hosts},
-                            config=config)
+    return checkpoints.save(state, data=feed, config=config)
 
   last_eval: dict[str, float] = {}
-  feed = (pipeline.Prefetch(train_batches, size=config.data.prefetch)
-          if config.data.prefetch else train_batches)
   window: list[dict[str, jax.Array]] = []
   window_start = time.time()
   stopped_by = None
@@ -324,8 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     f'in {checkpoints.directory}')
   finally:
     bar.close()
-    if isinstance(feed, pipeline.Prefetch):
-      feed.close()
+    feed.close()
     checkpoints.wait()
     checkpoints.close()
     writer.close()

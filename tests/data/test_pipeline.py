@@ -10,6 +10,7 @@ import pytest
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import pipeline
+from pasta_jax.data import records
 from pasta_jax.data import tfds_builders
 
 
@@ -23,8 +24,8 @@ def synth(tmp_path_factory):
   train = tfds.data_source('pasta_synth/tiny', split='train', data_dir=data_dir)
   texts = []
   for i in range(len(train)):
-    texts += [tfds_builders.decode_text(train[i]['prompt']),
-              tfds_builders.decode_text(train[i]['plain_response'])]
+    texts += [records.decode_text(train[i]['prompt']),
+              records.decode_text(train[i]['plain_response'])]
   tok = tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
   return builder, train, tok
 
@@ -44,8 +45,8 @@ def test_synth_builder_splits_and_features(synth):
   assert set(record) == {'prompt', 'annotated_response', 'plain_response', 'family',
                          'facts', 'extras'}
   test = builder.as_data_source(split='test')
-  test_prompts = {tfds_builders.decode_text(test[i]['prompt']) for i in range(len(test))}
-  train_prompts = {tfds_builders.decode_text(train[i]['prompt']) for i in range(len(train))}
+  test_prompts = {records.decode_text(test[i]['prompt']) for i in range(len(test))}
+  train_prompts = {records.decode_text(train[i]['prompt']) for i in range(len(train))}
   assert not test_prompts & train_prompts
 
 
@@ -139,7 +140,7 @@ def test_prefetch_yields_the_same_batches_and_state(synth):
   plain = make(train, tok)
   expected = [next(plain) for _ in range(4)]
   states = []
-  fetched = pipeline.Prefetch(make(train, tok), size=2)
+  fetched = pipeline.prefetch(make(train, tok), 2)
   for want in expected:
     got = next(fetched)
     np.testing.assert_array_equal(got['tokens'], want['tokens'])
@@ -149,6 +150,46 @@ def test_prefetch_yields_the_same_batches_and_state(synth):
   for state in states:
     next(check)
     assert check.get_state() == state
+
+
+def test_prefetched_state_round_trips_through_grains_orbax_handler(synth, tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+  _, train, tok = synth
+  fetched = pipeline.prefetch(make(train, tok), 2)
+  for _ in range(3):
+    next(fetched)
+  plain = make(train, tok)
+  expected = [next(plain) for _ in range(5)][3:]
+  with ocp.CheckpointManager(tmp_path, item_names=('data',)) as manager:
+    manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(fetched)))
+    manager.wait_until_finished()
+    fetched.close()
+    resumed = pipeline.prefetch(make(train, tok), 2)
+    manager.restore(3, args=ocp.args.Composite(
+        data=grain.checkpoint.CheckpointRestore(resumed)))
+  for want in expected:
+    np.testing.assert_array_equal(next(resumed)['tokens'], want['tokens'])
+  resumed.close()
+
+
+def test_worker_processes_yield_the_same_batches_and_state(synth):
+  _, train, tok = synth
+  plain = make(train, tok, batch_size=8)
+  expected = [next(plain) for _ in range(3)]
+  state = plain.get_state()
+  after = next(plain)
+  workers = make(train, tok, batch_size=8, workers=2)
+  try:
+    for want in expected:
+      np.testing.assert_array_equal(next(workers)['tokens'], want['tokens'])
+    assert workers.get_state() == state
+    workers.set_state(state)
+    got = next(workers)
+    for field in pipeline.FIELDS:
+      np.testing.assert_array_equal(got[field], after[field])
+  finally:
+    workers.close()
 
 
 def test_finite_epochs_stop_and_long_examples_are_dropped(synth):
@@ -236,8 +277,8 @@ def test_jsonl_builder_skips_and_counts(tmp_path):
   reloaded = tfds.builder_from_directory(builder.data_dir)
   assert reloaded.info.metadata['skipped']['train']['invalid JSON'] == 1
   record = reloaded.as_data_source(split='train')[0]
-  assert tfds_builders.decode_text(record['plain_response']) == 'abc'
-  assert json.loads(tfds_builders.decode_text(record['extras'])) == {'source': 'slimorca'}
+  assert records.decode_text(record['plain_response']) == 'abc'
+  assert json.loads(records.decode_text(record['extras'])) == {'source': 'slimorca'}
 
 
 def test_jsonl_builder_fails_by_default_and_checks_paths(tmp_path):

@@ -13,6 +13,7 @@ from pasta_jax import runs
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import sources as sources_lib
 from pasta_jax.models import checkpoint as model_checkpoint
+from pasta_jax.training import checkpointing
 from pasta_jax.training import inputs
 from pasta_jax.training import loop
 from pasta_jax.training import step as step_lib
@@ -137,6 +138,42 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(interrupted, tfds_d
   tail = lambda d: [(r['step'], r['loss']) for r in _metrics(d, 'train') if r['step'] > 6]
   assert len(tail(workdir)) == 2
   np.testing.assert_allclose(tail(workdir), tail(root / 'straight'), rtol=1e-6)
+
+
+def test_data_state_is_saved_per_host_and_maps_onto_another_host_count(interrupted,
+                                                                       tmp_path):
+  _, _, root = interrupted
+  data = root / 'stopped' / 'checkpoints' / '6' / 'data'
+  assert [n for n in os.listdir(data) if n.endswith('.json')] == ['process_0-of-1.json']
+  saved = json.loads((data / 'process_0-of-1.json').read_text())
+  assert saved['process_count'] == 1 and saved['seed'] == 0
+  # Saved by two hosts, resumed by one: host 0's state (the pipeline maps it).
+  states = {}
+  for host in range(2):
+    states[host, 2] = str(tmp_path / f'process_{host}-of-2.json')
+    with open(states[host, 2], 'w') as f:
+      json.dump({**saved, 'process_index': host, 'process_count': 2}, f)
+  assert checkpointing._data_state_files(str(tmp_path)) == states
+  assert checkpointing._other_layout_state(states)['process_index'] == 0
+
+
+def test_a_checkpoint_of_the_pre_grain_pipeline_resumes(interrupted, tfds_dir, tmp_path):
+  """The older pipeline saved one JSON item with every host's state (version 1):
+  training resumes at its epoch and position and runs to the end."""
+  _, _, root = interrupted
+  workdir = tmp_path / 'legacy'
+  shutil.copytree(root / 'stopped', workdir)
+  data = workdir / 'checkpoints' / '6' / 'data'
+  saved = json.loads((data / 'process_0-of-1.json').read_text())
+  shutil.rmtree(data)
+  data.mkdir()
+  legacy = {'process_count': 1, 'hosts': [dict(saved, version=1)]}
+  (data / 'metadata').write_text(json.dumps(legacy))  # orbax's JsonSave file
+  assert checkpointing._legacy_state(legacy, 6) == dict(saved, version=2)
+  with pytest.raises(ValueError, match='holds no input-pipeline state'):
+    checkpointing._legacy_state({}, 6)
+  resumed = loop.train_and_evaluate(tiny_config(tfds_dir, **RESUMABLE), str(workdir))
+  assert resumed.step == 10 and np.isfinite(resumed.eval['loss'])
 
 
 def test_sequential_mode_trains_on_stripped_documents(tfds_dir, tmp_path):
