@@ -152,8 +152,8 @@ class Engine:
     ends when a round might not fit, and the next stage pads the cache (once).
     Requests still running after max_steps rounds end with status BUDGET.
     `hoisted` is `hoist(params)`, made here when not given (a caller that
-    decodes many times makes it once: the transposes cost about as much as a
-    few rounds of a small model).
+    decodes many times makes it once, so as not to pay the transposes again;
+    docs/benchmarks.md).
     """
     cfg = self.config
     if hoisted is None:

@@ -87,7 +87,8 @@ class Round:
     is_main = jnp.arange(s) == 0
     running = state.status == RUNNING
     thread_ids = jnp.arange(self.config.max_threads + 1)
-    fed = threads.feeding(state, c, thread_ids)
+    sync_waits = threads.sync_waits(state, c, thread_ids)
+    fed = state.slot_ready & running[:, None] & ~(is_main & sync_waits[:, None])
     n_fed = fed.sum(axis=1)
     capacity = state.capacity
     full = running & (state.ptr + n_fed > capacity)

@@ -44,17 +44,13 @@ def start_queued(state: State, control: tokens_lib.ControlTokens) -> State:
       n_started=state.n_started + take.sum(axis=1))
 
 
-def feeding(state: State, control: tokens_lib.ControlTokens, thread_ids_P: jax.Array) -> jax.Array:
-  """bool [B, S]: the slots that have a token to feed this round (before the
-  cache-room check): ready, running, and not a main thread waiting at `<sync/>`
-  for outstanding threads."""
-  s = state.slot_token.shape[1]
-  is_main = jnp.arange(s) == 0
-  running = state.status == RUNNING
+def sync_waits(state: State, control: tokens_lib.ControlTokens,
+               thread_ids_P: jax.Array) -> jax.Array:
+  """bool [B]: the main thread's pending token is a `<sync/>` that waits for
+  outstanding threads (then the main slot does not feed)."""
   outstanding = jnp.any((thread_ids_P >= 1) & (thread_ids_P <= state.n_threads[:, None])
                         & ~state.thread_done, axis=1)
-  sync_waits = (state.slot_token[:, 0] == control.sync) & outstanding
-  return state.slot_ready & running[:, None] & ~(is_main & sync_waits[:, None])
+  return (state.slot_token[:, 0] == control.sync) & outstanding
 
 
 def join(state: State, control: tokens_lib.ControlTokens, thread_ids_P: jax.Array,
