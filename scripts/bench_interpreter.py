@@ -2,6 +2,7 @@ r"""Interpreter benchmarks; prints Markdown tables (numbers go to docs/benchmark
 
   python scripts/bench_interpreter.py                      # small and base100m
   python scripts/bench_interpreter.py --presets tiny --tokens 64   # quick
+  python scripts/bench_interpreter.py --presets small,base100m --slots 8 --runs 5
 
 1. Round time against the number of active thread slots (1..S), random weights:
    the main thread plus k - 1 async threads that never finish (their `</async>`,
@@ -18,9 +19,10 @@ r"""Interpreter benchmarks; prints Markdown tables (numbers go to docs/benchmark
 
 from __future__ import annotations
 
-import argparse
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,11 @@ from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.interpreter import Interpreter, InterpreterConfig
+
+_PRESETS = flags.DEFINE_list('presets', ['small', 'base100m'], 'Model presets to measure.')
+_SLOTS = flags.DEFINE_integer('slots', 8, 'Thread slots of the active-slot table.')
+_TOKENS = flags.DEFINE_integer('tokens', 128, 'Tokens per sequential-mode generation.')
+_RUNS = flags.DEFINE_integer('runs', 5, 'Interleaved timing runs (the minimum is kept).')
 
 
 def _interleaved(fns, runs):
@@ -66,10 +73,10 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
                            max_steps=10_000)
   interp = Interpreter(config, params, tok, icfg, buckets=(64,))
   c = tok.control
-  prompt, lengths = interp._pad([np.arange(3, 3 + 40, dtype=np.int32) % 300 + 30])
-  requests = interp._requests(1, [0], 0.0, 1.0, None,
-                              _ban(tok, c.async_close, c.eos, c.promise, c.sync))
-  state0 = interp._prefill(interp.params, prompt, lengths, requests)
+  batch = interp.prepare([np.arange(3, 3 + 40, dtype=np.int32) % 300 + 30],
+                         logit_bias=_ban(tok, c.async_close, c.eos, c.promise, c.sync))
+  requests = batch.requests
+  state0 = interp.prefill(batch)
   engine = interp.engine
 
   @jax.jit
@@ -145,11 +152,8 @@ def bench_sequential(config, params, tok, tokens, runs):
   hand = hand_written_greedy(config, params, jnp.asarray(prompt), tokens, cache_size)
 
   def interp_fn(interp, bias):
-    padded, lengths = interp._pad([prompt])
-    requests = interp._requests(1, [0], 0.0, 1.0, None, bias)
-    return lambda: jax.block_until_ready(
-        interp._generate(interp.params, padded, lengths, requests,
-                         interp.hoisted_params()).out_len)
+    batch = interp.prepare([prompt], logit_bias=bias)
+    return lambda: jax.block_until_ready(interp.generate_batch(batch).out_len)
 
   fns = {'hand': lambda: jax.block_until_ready(hand(params)),
          'seq': interp_fn(seq, ban),
@@ -178,26 +182,22 @@ def cache_entries(tok, count=500):
   return ours, copied
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--presets', nargs='+', default=['small', 'base100m'])
-  parser.add_argument('--slots', type=int, default=8)
-  parser.add_argument('--tokens', type=int, default=128)
-  parser.add_argument('--runs', type=int, default=5)
-  args = parser.parse_args()
+def main(argv):
+  del argv
   tok = _tokenizer()
   print(f'jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} device(s)\n')
-  for preset in args.presets:
+  for preset in _PRESETS.value:
     config = models.get_config(preset, vocab_size=max(tok.vocab_size, 512))
     params = models.init_params(config, jax.random.key(0))
     print(f'## {preset} ({models.count_params(config) / 1e6:.1f}M params)\n')
     print('| active slots | round (ms) | tokens/s | round / 1-slot round |')
     print('|---|---|---|---|')
-    rows = bench_active_slots(config, params, tok, args.slots, args.runs)
+    rows = bench_active_slots(config, params, tok, _SLOTS.value, _RUNS.value)
     for k, ms, tps in rows:
       print(f'| {k} | {ms:.2f} | {tps:.0f} | {ms / rows[0][1]:.2f} |')
-    t_hand, t_seq, t_pasta, agree = bench_sequential(config, params, tok, args.tokens, args.runs)
-    n = args.tokens
+    t_hand, t_seq, t_pasta, agree = bench_sequential(config, params, tok, _TOKENS.value,
+                                                     _RUNS.value)
+    n = _TOKENS.value
     print(f'\n| decoder ({n} tokens, batch 1, greedy) | ms / token | ratio |')
     print('|---|---|---|')
     print(f'| hand-written greedy KV-cache loop | {1e3 * t_hand / n:.3f} | 1.00 |')
@@ -214,4 +214,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main)

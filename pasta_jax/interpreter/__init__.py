@@ -5,11 +5,14 @@ cache, all threads decoded in lockstep inside one `lax.while_loop`.
     results = Interpreter(model_config, params, tokenizer,
                           InterpreterConfig(slots=8)).generate(prompts)
 
-`engine` holds the jittable core (State, prefill, step, generate), `grammar` the
-per-slot logit masks, `sampling` the samplers, `api` the host-level API.
+`engine` holds the jittable core (prefill, step, generate) over `state.State`, `round`
+one decode round, `threads` the fork/sync state machine, `record` forcing and the log
+of samples, `layouts` the decode loop's weight layouts, `grammar` the
+per-slot logit masks, `sampling` the samplers, `api` the host-level API and
+`results` what it returns.
 """
 
-from pasta_jax.interpreter.api import Interpreter, Result, ThreadSpan, Timing
+from pasta_jax.interpreter.api import Batch, Interpreter, Result, ThreadSpan, Timing
 from pasta_jax.interpreter.config import InterpreterConfig
 
-__all__ = ['Interpreter', 'InterpreterConfig', 'Result', 'ThreadSpan', 'Timing']
+__all__ = ['Batch', 'Interpreter', 'InterpreterConfig', 'Result', 'ThreadSpan', 'Timing']

@@ -9,6 +9,10 @@
 
 Prompts are padded to a few length buckets, so one compilation serves every
 prompt of a bucket; the whole generation of a batch is one jitted call.
+
+Below `generate` the programs are public one by one: `prepare` pads prompts and
+makes their requests (a `Batch`), `generate_batch` runs the whole generation of a
+batch, and `prefill`, `decode` and `step` its parts; `results` reads a `State`.
 """
 
 from __future__ import annotations
@@ -16,97 +20,63 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pasta_jax import lang
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.interpreter import engine as engine_lib
 from pasta_jax.interpreter import grammar
+from pasta_jax.interpreter import results as results_lib
 from pasta_jax.interpreter.config import InterpreterConfig
+from pasta_jax.interpreter.results import Result, ThreadSpan, Timing
+from pasta_jax.interpreter.state import RUNNING, Requests, State, no_forcing
 from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import sharding as sharding_lib
 from pasta_jax.models import transformer
+from pasta_jax.models.config import TransformerConfig
+
+if TYPE_CHECKING:
+  from pasta_jax import runs
+
+__all__ = ['Batch', 'Interpreter', 'Result', 'ThreadSpan', 'Timing']
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
 
 @dataclasses.dataclass(frozen=True)
-class Timing:
-  """Seconds one request spent in the prefill and in the decode rounds."""
-
-  prefill_seconds: float
-  decode_seconds: float
-
-  @property
-  def seconds(self) -> float:
-    return self.prefill_seconds + self.decode_seconds
-
-
-@dataclasses.dataclass(frozen=True)
-class ThreadSpan:
-  """What one thread wrote: its tokens and the rounds it sampled them in."""
-
-  thread: int
-  tokens: tuple[int, ...]
-  first_round: int
-  last_round: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-  """One request's generation.
+class Batch:
+  """Requests ready for the interpreter's programs (`Interpreter.prepare`).
 
   Attributes:
-    prompt: the prompt text (None when generating from ids).
-    status: 'done', 'budget' (max_steps reached) or 'cache_full'.
-    ids: the response in token form, training layout (each body right after its
-      promise; reusable with `layout.pasta_layout`), EOS included when written.
-    document: the annotated `lang.Document` (None if a stop cut an element).
-    text: the final answer (`lang.strip(document)`), or the best text available.
-    threads: one ThreadSpan per thread (0 = main).
-    steps: decode rounds, the prefill round included (PASTA.md section 6).
-    total_tokens: tokens sampled by all threads.
-    timeline: (round, thread, token) of every sampled token, in sampling order.
-    logits: [total_tokens, V] logits each token was sampled from, in timeline
-      order (InterpreterConfig.record_logits only).
+    prompt_BT: int32 [B, T], the prompts padded with the pad id to a bucket T.
+    prompt_len_B: int32 [B], their lengths.
+    requests: per-request sampling inputs (PRNG keys, temperature, top_p,
+      forced tokens, logit bias).
   """
 
-  prompt: str | None
-  status: str
-  ids: tuple[int, ...]
-  document: lang.Document | None
-  text: str
-  threads: tuple[ThreadSpan, ...]
-  steps: int
-  total_tokens: int
-  timeline: tuple[tuple[int, int, int], ...] = ()
-  logits: np.ndarray | None = None
+  prompt_BT: np.ndarray
+  prompt_len_B: np.ndarray
+  requests: Requests
 
   @property
-  def annotated(self) -> str | None:
-    return None if self.document is None else lang.serialize(self.document)
-
-  @property
-  def parallelism(self) -> float:
-    return self.total_tokens / max(self.steps, 1)
-
-  @property
-  def tokens_per_thread(self) -> tuple[int, ...]:
-    return tuple(len(t.tokens) for t in self.threads)
+  def size(self) -> int:
+    """B, the requests of the batch."""
+    return len(self.prompt_len_B)
 
 
 class Interpreter:
   """Runs PASTA (or, in sequential mode, plain) generation for a model."""
 
-  def __init__(self, model_config, params, tok: tokenizer_lib.Tokenizer,
-               config: InterpreterConfig, *, template: str = '{prompt}\n',
-               buckets: Sequence[int] = DEFAULT_BUCKETS, mesh=None, rules=None):
+  def __init__(self, model_config: TransformerConfig, params: Any,
+               tok: tokenizer_lib.Tokenizer, config: InterpreterConfig, *,
+               template: str = '{prompt}\n', buckets: Sequence[int] = DEFAULT_BUCKETS,
+               mesh: jax.sharding.Mesh | None = None,
+               rules: Sequence[tuple[str, Any]] | None = None):
     """Args:
       model_config, params: the model (params may already be sharded).
       tok: the tokenizer (its control tokens drive the grammar).
@@ -160,7 +130,9 @@ class Interpreter:
     self._step = jax.jit(self.engine.step, donate_argnums=(1,))
 
   @classmethod
-  def from_run(cls, run, *, mesh=None, rules=None, **overrides) -> 'Interpreter':
+  def from_run(cls, run: runs.Run, *, mesh: jax.sharding.Mesh | None = None,
+               rules: Sequence[tuple[str, Any]] | None = None, **overrides: Any
+               ) -> 'Interpreter':
     """An interpreter for a training run (`pasta_jax.runs.load_run`).
 
     Its settings are `run.interpreter_config(**overrides)` (the run config's
@@ -173,7 +145,7 @@ class Interpreter:
 
   # -- jitted programs ---------------------------------------------------------
 
-  def _context(self):
+  def _context(self) -> contextlib.AbstractContextManager:
     """The mesh and logical-axis-rule context the programs trace and run in."""
     if self.mesh is None:
       return contextlib.nullcontext()
@@ -182,24 +154,24 @@ class Interpreter:
     stack.enter_context(nn.logical_axis_rules(self.rules))
     return stack
 
-  def _shard(self, tree):
+  def _shard(self, tree: Any) -> Any:
     """Puts per-request arrays on the mesh, split over the batch axes."""
     if self.mesh is None:
       return tree
 
-    def put(x):
+    def put(x: Any) -> jax.Array:
       spec = jax.sharding.PartitionSpec(self._batch_axes, *([None] * (np.ndim(x) - 1)))
       return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
     return jax.tree.map(put, tree)
 
-  def _new_cache(self, batch: int):
+  def _new_cache(self, batch: int) -> Any:
     return cache_lib.init_cache(self.model_config, batch, self.config.cache_size)
 
-  def hoisted_params(self):
+  def hoisted_params(self) -> Any:
     """`Engine.hoist(self.params)`: the weights the decode loop reads
     transposed (CPU; see `InterpreterConfig.hoist_layouts`), made once and kept
-    while `self.params` is the same object. Making them in every generation
-    cost a PASTA decode on the tiny model about two rounds' time."""
+    while `self.params` is the same object (made in every generation, they
+    would add their transposes to every decode; docs/benchmarks.md)."""
     params, hoisted = self._hoisted
     if params is not self.params:
       with self._context():
@@ -207,12 +179,14 @@ class Interpreter:
       self._hoisted = (self.params, hoisted)
     return hoisted
 
-  def _generate_fn(self, params, prompt, prompt_len, requests, hoisted):
+  def _generate_fn(self, params: Any, prompt: jax.Array, prompt_len: jax.Array,
+                   requests: Requests, hoisted: Any) -> State:
     self.compilations += 1  # runs only while tracing
     return self.engine.generate(params, prompt, prompt_len, requests,
                                 self._new_cache(prompt.shape[0]), hoisted)
 
-  def _prefill_fn(self, params, prompt, prompt_len, requests, first_stage: bool = False):
+  def _prefill_fn(self, params: Any, prompt: jax.Array, prompt_len: jax.Array,
+                  requests: Requests, first_stage: bool = False) -> State:
     """The prefill, into the whole cache (step mode) or into its first stage
     (then `_decode` runs the rest, as `_generate` does in one program)."""
     cache = self._new_cache(prompt.shape[0])
@@ -232,11 +206,33 @@ class Interpreter:
     raise ValueError(f'a prompt of {length} tokens is longer than the largest bucket '
                      f'{self.buckets[-1]} (cache_size {self.config.cache_size})')
 
-  def _requests(self, batch: int, seeds, temperature, top_p, forced,
-                logit_bias=None) -> engine_lib.Requests:
+  def prepare(self, prompts: Sequence[str] | Sequence[np.ndarray], *,
+              temperature: float | Sequence[float] = 0.0,
+              top_p: float | Sequence[float] = 1.0, seeds: Sequence[int] | None = None,
+              forced: np.ndarray | None = None,
+              logit_bias: dict[int, float] | None = None) -> Batch:
+    """A `Batch` of requests, one per prompt (text, rendered with the template, or
+    token ids), for `generate_batch`, `prefill`, `decode` and `step`.
+
+    The prompts are padded to the bucket of the longest. Request i samples with
+    the seed `seeds[i]` (default i), `temperature` and `top_p` (one value, or
+    one per request); `forced` [N, max_threads + 1, F] teacher-forces each
+    thread's sampled tokens (-1 = sample), for tests and replay; `logit_bias`
+    {token id: value} is added to every request's logits before sampling.
+    """
+    ids = [self.encode_prompts([p])[0] if isinstance(p, str) else p for p in prompts]
+    n = len(ids)
+    lengths = np.array([len(x) for x in ids], np.int32)
+    if (lengths < 1).any():
+      raise ValueError('every prompt needs at least one token')
+    width = self.bucket(int(lengths.max()))
+    padded = np.full((n, width), self.tokenizer.pad_id, np.int32)
+    for i, x in enumerate(ids):
+      padded[i, :len(x)] = x
+    seeds = list(range(n)) if seeds is None else list(seeds)
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     if forced is None:
-      forced = engine_lib.no_forcing(batch, self.engine.num_thread_ids)
+      forced = no_forcing(n, self.engine.num_thread_ids)
     vocab = self.model_config.vocab_size
     bias = np.zeros(vocab, np.float32)
     if logit_bias is not None:
@@ -244,21 +240,46 @@ class Interpreter:
         if not 0 <= int(token) < vocab:
           raise ValueError(f'logit_bias token {token} outside the vocabulary of {vocab}')
         bias[int(token)] = value
-    return engine_lib.Requests(
-        keys=keys, temperature=jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (batch,)),
-        top_p=jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (batch,)),
+    requests = Requests(
+        keys=keys, temperature=jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (n,)),
+        top_p=jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (n,)),
         forced=jnp.asarray(forced, jnp.int32),
-        logit_bias=jnp.broadcast_to(jnp.asarray(bias), (batch, vocab)))
+        logit_bias=jnp.broadcast_to(jnp.asarray(bias), (n, vocab)))
+    return Batch(prompt_BT=padded, prompt_len_B=lengths, requests=requests)
 
-  def _pad(self, ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(x) for x in ids], np.int32)
-    if (lengths < 1).any():
-      raise ValueError('every prompt needs at least one token')
-    width = self.bucket(int(lengths.max()))
-    padded = np.full((len(ids), width), self.tokenizer.pad_id, np.int32)
-    for i, x in enumerate(ids):
-      padded[i, :len(x)] = x
-    return padded, lengths
+  # -- programs over a batch -----------------------------------------------------
+
+  def generate_batch(self, batch: Batch) -> State:
+    """The whole generation of a batch, one jitted program (prefill, then rounds
+    until every request stops); `results` reads the state it returns."""
+    with self._context():
+      return self._generate(
+          self.params, *self._shard((batch.prompt_BT, batch.prompt_len_B, batch.requests)),
+          self.hoisted_params())
+
+  def prefill(self, batch: Batch, *, first_stage: bool = False) -> State:
+    """The prefill program: the prompts written into a new cache and each
+    request's first token sampled (round 1). Into the whole cache (for `step`),
+    or, with `first_stage`, into the first cache stage that holds the prompts
+    (for `decode`, which grows it through the stages)."""
+    with self._context():
+      return self._prefill(
+          self.params, *self._shard((batch.prompt_BT, batch.prompt_len_B, batch.requests)),
+          first_stage=first_stage)
+
+  def decode(self, state: State, batch: Batch) -> State:
+    """The decode program: rounds of a prefilled state until every request stops.
+    `state` is donated unless `cache_stages` grow its cache."""
+    with self._context():
+      return self._decode(self.params, state, self._shard(batch.requests),
+                          self.hoisted_params())
+
+  def step(self, state: State, batch: Batch) -> State:
+    """One decode round of every running request (one jitted call; `state`
+    is donated)."""
+    with self._context():
+      return self._step(self.params, state, self._shard(batch.requests),
+                        self.hoisted_params())
 
   # -- generation ----------------------------------------------------------------
 
@@ -296,38 +317,33 @@ class Interpreter:
       chunk = list(range(start, min(start + batch_size, n)))
       real = len(chunk)
       chunk += [chunk[0]] * (batch_size - real)
-      prompt, lengths = self._pad([prompt_ids[i] for i in chunk])
-      requests = self._requests(len(chunk), [seeds[i] for i in chunk], temperature, top_p,
-                                None if forced is None else np.asarray(forced)[chunk],
-                                logit_bias)
-      with self._context():
-        state = self._generate(self.params, *self._shard((prompt, lengths, requests)),
-                               self.hoisted_params())
-      results += self.results(state)[:real]
+      batch = self.prepare([prompt_ids[i] for i in chunk], temperature=temperature,
+                           top_p=top_p, seeds=[seeds[i] for i in chunk],
+                           forced=None if forced is None else np.asarray(forced)[chunk],
+                           logit_bias=logit_bias)
+      results += self.results(self.generate_batch(batch))[:real]
     return results
 
   def generate_timed(self, prompt_ids: np.ndarray, *, seed: int = 0,
                      temperature: float = 0.0) -> tuple[Result, Timing]:
     """One request (batch 1) and the seconds its prefill and its decode ran.
 
-    The prefill and the decode rounds run as two jitted programs (the same
-    computation `generate` runs as one), each timed up to its results being
-    ready on the device; tokenization and result assembly are not timed. The
-    first call for a prompt bucket compiles; call once untimed to warm up.
+    The prefill and the decode rounds run as two jitted programs (`prefill`
+    into the first cache stage, then `decode`: the computation `generate` runs
+    as one), each timed up to its results being ready on the device;
+    tokenization and result assembly are not timed. The first call for a
+    prompt bucket compiles; call once untimed to warm up.
     """
     if self._batch_split != 1:
       raise ValueError('generate_timed runs batch 1; use an Interpreter without a '
                        'batch-split mesh')
-    prompt, lengths = self._pad([prompt_ids])
-    requests = self._requests(1, [seed], temperature, 1.0, None)
-    hoisted = self.hoisted_params()  # made once per interpreter, like a compilation
-    with self._context():
-      start = time.perf_counter()
-      state = jax.block_until_ready(
-          self._prefill(self.params, prompt, lengths, requests, first_stage=True))
-      prefilled = time.perf_counter()
-      state = jax.block_until_ready(self._decode(self.params, state, requests, hoisted))
-      done = time.perf_counter()
+    batch = self.prepare([prompt_ids], temperature=temperature, seeds=[seed])
+    self.hoisted_params()  # made once per interpreter, like a compilation
+    start = time.perf_counter()
+    state = jax.block_until_ready(self.prefill(batch, first_stage=True))
+    prefilled = time.perf_counter()
+    state = jax.block_until_ready(self.decode(state, batch))
+    done = time.perf_counter()
     return self.results(state)[0], Timing(prefill_seconds=prefilled - start,
                                           decode_seconds=done - prefilled)
 
@@ -336,17 +352,16 @@ class Interpreter:
              ) -> Iterator[list[tuple[int, int, str]]]:
     """Step mode for debugging: yields, each round, [(thread, token, piece)] sampled.
 
-    Runs the same prefill and step functions as `generate`, one jitted call per
-    round, so the host can inspect the state in between (`self.last_state`).
+    Runs the same prefill and step functions as `generate` (`prefill`, then
+    `step`: one jitted call per round), so the host can inspect the state in
+    between (`self.last_state`).
     """
-    ids = self.encode_prompts([prompt])
-    padded, lengths = self._pad(ids)
     if self._batch_split != 1:
       raise ValueError('stream runs one request; use an Interpreter without a batch-'
                        'split mesh')
-    requests = self._requests(1, [seed], temperature, top_p, None, logit_bias)
-    with self._context():
-      state = self._prefill(self.params, padded, lengths, requests)
+    batch = self.prepare([prompt], temperature=temperature, top_p=top_p, seeds=[seed],
+                         logit_bias=logit_bias)
+    state = self.prefill(batch)
     seen = 0
     while True:
       self.last_state = state
@@ -356,60 +371,14 @@ class Interpreter:
              for i in range(seen, count)]
       seen = count
       yield new
-      if int(state.status[0]) != engine_lib.RUNNING or int(state.round) >= self.config.max_steps:
+      if int(state.status[0]) != RUNNING or int(state.round) >= self.config.max_steps:
         return
-      with self._context():
-        state = self._step(self.params, state, requests, self.hoisted_params())
+      state = self.step(state, batch)
 
   # -- results -------------------------------------------------------------------
 
-  def results(self, state: engine_lib.State) -> list[Result]:
+  def results(self, state: State) -> list[Result]:
     """Assembles the host-side results of a finished (or stopped) batch."""
-    out_token = np.asarray(state.out_token)
-    out_thread = np.asarray(state.out_thread)
-    out_round = np.asarray(state.out_round)
-    out_len = np.asarray(state.out_len)
-    status = np.asarray(state.status)
-    steps = np.asarray(state.steps)
-    logits = np.asarray(state.out_logits) if self.config.record_logits else None
-    results = []
-    for b in range(len(out_len)):
-      n = int(out_len[b])
-      code = int(status[b])
-      if code == engine_lib.RUNNING:
-        code = engine_lib.BUDGET
-      results.append(self._result(out_token[b, :n], out_thread[b, :n], out_round[b, :n],
-                                  engine_lib.STATUS_NAMES[code], int(steps[b]),
-                                  None if logits is None else logits[b, :n]))
-    return results
-
-  def _result(self, tokens, threads, rounds, status, steps, logits) -> Result:
-    c = self.tokenizer.control
-    spans = []
-    for k in range(int(threads.max(initial=0)) + 1):
-      where = np.flatnonzero(threads == k)
-      spans.append(ThreadSpan(k, tuple(int(t) for t in tokens[where]),
-                              int(rounds[where[0]]) if len(where) else 0,
-                              int(rounds[where[-1]]) if len(where) else 0))
-    # Training layout: each thread's <async> + body + </async> after its length token.
-    ids, promise = [], 0
-    for token in spans[0].tokens:
-      ids.append(token)
-      if not self.config.sequential and self.tables.length[token] >= 0:
-        promise += 1
-        if promise < len(spans):
-          ids += [c.async_open, *spans[promise].tokens]
-    document, text = None, ''
-    try:
-      document = self.tokenizer.decode(ids)
-      text = lang.strip(document)
-    except lang.PastaLangError:
-      # A stop cut an element (only with status budget / cache_full): keep the
-      # main thread's plain text as the best available answer.
-      main_text = [t for t in spans[0].tokens if self.tables.is_text[t]]
-      text = self.tokenizer.decode_text(main_text)
-    return Result(prompt=None, status=status, ids=tuple(ids), document=document,
-                  text=text, threads=tuple(spans), steps=steps,
-                  total_tokens=int(len(tokens)),
-                  timeline=tuple(zip(rounds.tolist(), threads.tolist(), tokens.tolist())),
-                  logits=logits)
+    return results_lib.from_state(state, self.tokenizer, self.tables,
+                                  sequential=self.config.sequential,
+                                  record_logits=self.config.record_logits)

@@ -35,7 +35,7 @@ class InterpreterConfig:
       replay test; memory B x cache_size x V).
     hoist_layouts: give the decode loop transposed copies of the weights it
       multiplies by their transpose (embedding table, q/kv projections, MLP
-      gating; see `Engine._loop_layouts`). `Interpreter` makes them once and
+      gating; see `layouts.permutations`). `Interpreter` makes them once and
       keeps them between generations (`Interpreter.hoisted_params`). Faster
       on CPU; costs the memory of those weights once more. None: on when the
       default backend is the CPU.
@@ -72,7 +72,7 @@ class InterpreterConfig:
   cache_stages: tuple[int, ...] = ()
   round_widths: tuple[int, ...] | None = None
 
-  def __post_init__(self):
+  def __post_init__(self) -> None:
     object.__setattr__(self, 'mode', Mode.parse(self.mode))
     object.__setattr__(self, 'position_strategy',
                        PositionStrategy.parse(self.position_strategy))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,9 +54,10 @@ class TokenTables:
     return len(self.is_text)
 
 
-def allowed_tokens(tables: TokenTables, *, is_main, in_topic, topic_len, can_promise,
-                   body_len, max_topic_tokens: int, max_thread_tokens: int | None,
-                   sequential: bool):
+def allowed_tokens(tables: TokenTables, *, is_main: jax.Array, in_topic: jax.Array,
+                   topic_len: jax.Array, can_promise: jax.Array, body_len: jax.Array,
+                   max_topic_tokens: int, max_thread_tokens: int | None,
+                   sequential: bool) -> jax.Array:
   """bool [B, S, V]: the tokens each slot may sample next.
 
   Args:

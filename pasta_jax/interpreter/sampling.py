@@ -22,7 +22,7 @@ def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
   greedy = argmax(logits)
   temperature = temperature_B[:, None]
 
-  def draw(_):
+  def draw(_: None) -> jax.Array:
     scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[..., None]
     if top_k:
       kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
@@ -32,7 +32,7 @@ def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
     ids = (jnp.broadcast_to(jnp.arange(scaled.shape[1]), scaled.shape[:2])
            if slot_ids_BS is None else slot_ids_BS)
 
-    def one(key, row_SV, ids_S):
+    def one(key: jax.Array, row_SV: jax.Array, ids_S: jax.Array) -> jax.Array:
       key = jax.random.fold_in(key, round_)
       keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(ids_S)
       return jax.vmap(jax.random.categorical)(keys, row_SV)
@@ -49,8 +49,9 @@ def argmax(x: jax.Array) -> jax.Array:
   counting as the maximum: `jnp.argmax`'s result.
 
   Computed as two plain reductions (the maximum, then the smallest index that
-  holds it): XLA:CPU runs `jnp.argmax`'s single (value, index) reduction 3-4x
-  slower, which was a visible share of a wide decode round.
+  holds it): XLA:CPU runs `jnp.argmax`'s single (value, index) reduction
+  several times slower, which was a visible share of a wide decode round
+  (docs/benchmarks.md).
   """
   top = jnp.max(x, axis=-1, keepdims=True)
   is_top = (x == top) | jnp.isnan(x)

@@ -140,9 +140,7 @@ def test_generate_timed_times_prefill_and_decode_apart(tok, model):
   expected = interp.generate_ids([ids])[0]
   assert (result.ids, result.status, result.steps, result.timeline) == (
       expected.ids, expected.status, expected.steps, expected.timeline)
-  prompt, lengths = interp._pad([ids])
-  state = interp._prefill(interp.params, prompt, lengths,
-                          interp._requests(1, [0], 0.0, 1.0, None), first_stage=True)
+  state = interp.prefill(interp.prepare([ids]), first_stage=True)
   assert state.capacity == 48 and state.cache['layer_0'].k.shape[1] == 48
 
 
