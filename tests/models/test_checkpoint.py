@@ -30,8 +30,11 @@ def test_official_flat_orbax_checkpoint(tmp_path, name):
   fx.save_orbax(tmp_path / 'ckpt', flat)
   loaded = checkpoint.load_params(str(tmp_path / 'ckpt'), config)
   fx.assert_same_params(loaded, params)
-  np.testing.assert_array_equal(fx.logits(config, loaded),
-                                fx.logits(config, params))
+  # The loaded params are committed to the device and the fresh ones are not,
+  # so jit compiles the model twice (the programs differ in their sharding
+  # annotations): equal logits to float rounding. The params are equal exactly.
+  np.testing.assert_allclose(fx.logits(config, loaded), fx.logits(config, params),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_official_checkpoint_bf16_into_float32_and_trim_vocab(tmp_path):

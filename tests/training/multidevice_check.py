@@ -78,8 +78,10 @@ def check_step(tfds_dir):
   mu_q = adam.mu['layer_0']['attn']['q_einsum']['w']
   assert mu_q.sharding.is_equivalent_to(q.sharding, 3), mu_q.sharding
   assert state.step.sharding.is_fully_replicated
+  # The same random bits, but two programs (one device, and 8 devices with sharded
+  # outputs) turn them into floats: equal to float rounding.
   for x, y in zip(jax.tree.leaves(init), jax.tree.leaves(one_init)):
-    np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
   for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0],
                           jax.tree.leaves(jax.device_get(one))):
     np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6, err_msg=str(path))
