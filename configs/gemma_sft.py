@@ -6,7 +6,7 @@ sequential baseline is the same base model finetuned on the same data with the
 tags stripped. Prepare three things first:
 
   1. The data: JSONL files of {"prompt": ..., "annotated_response": ...}
-     (docs/benchmark.md); built into a TFDS dataset on first use.
+     (docs/synthetic_benchmark.md); built into a TFDS dataset on first use.
   2. Gemma's sentencepiece model (`tokenizer.model` of the release); its
      reserved <unusedN> pieces become the PASTA control tokens.
   3. The weights, converted once from the Hugging Face release:

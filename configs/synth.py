@@ -53,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_promise_tokens = 100
   # How a prompt is rendered before the response (BOS is prepended).
   config.data.prompt_template = '{prompt}\n'
-  # Position ids of the tokens after a promise (PASTA.md section 3).
+  # Position ids of the tokens after a promise (docs/design.md section 3).
   config.data.position_strategy = 'predicted'
   config.data.fixed_reserve = 32
 

@@ -4,7 +4,7 @@ For every test prompt both models decode (batch 1, greedy, compile time excluded
 through the interpreter; per prompt we keep the quality (the family's checker),
 the tokens, the PASTA rounds, the theoretical speedup (baseline tokens / PASTA
 rounds), the parallelism (PASTA tokens / rounds), the wall-clock speedup
-(baseline decode time / PASTA decode time, PASTA.md section 6: the rounds after
+(baseline decode time / PASTA decode time, docs/design.md section 6: the rounds after
 the prefill, which is timed apart) and the end-to-end speedup (prefill and decode
 together). Per family and overall: mean quality (points out of 100), geometric
 means of the speedups, and realised / theoretical (wall-clock / theoretical).

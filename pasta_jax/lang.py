@@ -1,4 +1,4 @@
-"""PASTA-LANG in text form: parse, serialize, strip, validate (PASTA.md section 1).
+"""PASTA-LANG in text form: parse, serialize, strip, validate (docs/design.md section 1).
 
     response := (TEXT | promise async? | sync)*
     promise  := <promise topic="TOPIC" tokens="N"/>

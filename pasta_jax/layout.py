@@ -4,7 +4,7 @@ From prompt ids and a tokenized annotated response (`tokens.scan` grammar) this
 computes, per token of the training sequence (prompt, then the response in
 annotated document order, each body right after its promise):
 
-* thread ids, position ids (PASTA.md section 3, strategies predicted/oracle/fixed),
+* thread ids, position ids (docs/design.md section 3, strategies predicted/oracle/fixed),
 * the compact visibility metadata of section 2 (`masks.AttentionMeta`) and, through
   `masks.visibility_mask`, the [T, T] mask,
 * next-token targets and loss weights (section 4).
@@ -69,7 +69,7 @@ def pasta_layout(prompt_ids: Sequence[int] | np.ndarray,
                  control: tokens_lib.ControlTokens, *,
                  position_strategy: PositionStrategy = PositionStrategy(),
                  start_position: int = 0) -> Layout:
-  """Lays out prompt + annotated response for PASTA training (PASTA.md 2-4).
+  """Lays out prompt + annotated response for PASTA training (docs/design.md sections 2-4).
 
   `position_strategy` sets the positions a promise reserves for its chunk.
 
@@ -174,7 +174,7 @@ def decode_steps(response_ids: Sequence[int] | np.ndarray,
   outstanding thread has sampled `</async>`; EOS waits for all threads.
 
   Returns:
-    the number of rounds (PASTA.md section 6: theoretical speedup = baseline
+    the number of rounds (docs/design.md section 6: theoretical speedup = baseline
     tokens / this).
   """
   response = np.asarray(response_ids, np.int32).reshape(-1)

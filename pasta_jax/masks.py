@@ -1,4 +1,4 @@
-"""The PASTA visibility rule (PASTA.md section 2), in one place.
+"""The PASTA visibility rule (docs/design.md section 2), in one place.
 
 Training masks, the model's masks and the interpreter's masks are all built by
 `visibility_mask` from the compact per-token metadata `AttentionMeta`. Nothing else

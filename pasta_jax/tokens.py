@@ -50,7 +50,7 @@ class ControlTokens:
     promise, async_open, async_close, sync: single ids of the four tags.
     lengths: lengths[i] is the id of the length token for i * quantum tokens.
     eos: end of response. pad: padding id. bos: beginning of sequence (or None).
-    quantum: the promised-length granularity (PASTA.md: 10).
+    quantum: the promised-length granularity (docs/design.md section 1: 10).
   """
 
   promise: int

@@ -18,7 +18,7 @@ def L(n):  # noqa: E743 - the length token for n promised tokens
 
 # ----------------------------------------------------------------------------
 # A generator of tokenized responses that records the structure independently
-# of tokens.scan, and a reference mask written from PASTA.md section 2.
+# of tokens.scan, and a reference mask written from docs/design.md section 2.
 
 
 @st.composite
@@ -55,7 +55,7 @@ def responses(draw):
 
 
 def reference_mask(thread, promise_end, syncs):
-  """PASTA.md section 2, literally, one (query, key) pair at a time."""
+  """docs/design.md section 2, literally, one (query, key) pair at a time."""
   n = len(thread)
 
   def joined_in(k, lo, hi):  # thread k joined by a sync s with lo <= s <= hi

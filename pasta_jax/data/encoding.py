@@ -33,7 +33,7 @@ def measure_promises(doc: lang.Document, tok: tokenizer_lib.Tokenizer) -> lang.D
   """Sets each promise's length to its body's token count, rounded up to the quantum.
 
   Lengths above the tokenizer's largest length token are capped there (the body
-  then overruns its reserved positions, which PASTA.md section 3 allows).
+  then overruns its reserved positions, which docs/design.md section 3 allows).
   """
   nodes = []
   for node in doc.nodes:

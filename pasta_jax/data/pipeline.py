@@ -109,7 +109,7 @@ class Batches(grain.DatasetIterator):
     shuffle: permute each epoch (else the source's order).
     num_epochs: stop after this many epochs (None: forever).
     process_index, process_count: this host and the number of hosts.
-    position_strategy: the positions a promise reserves (PASTA.md section 3).
+    position_strategy: the positions a promise reserves (docs/design.md section 3).
     template: how a prompt is rendered (see `encoding.encode_prompt`).
     promise_lengths: 'measured' or 'annotated' (see `encoding.encode_example`).
     workers: processes that read and lay out examples (grain's `mp_prefetch`;

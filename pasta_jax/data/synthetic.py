@@ -7,7 +7,7 @@ score any answer exactly. Generation is offline and deterministic for a
 to exactly one split (chosen by a hash of the prompt), so test prompts never
 appear in training.
 
-Families (docs/benchmark.md describes them with examples):
+Families (docs/synthetic_benchmark.md describes them with examples):
 
 * ``reverse_join``: independent parts, then a part after `<sync/>` that copies
   the first letter of each part's result (a model that ignores sync semantics

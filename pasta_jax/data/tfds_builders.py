@@ -56,7 +56,7 @@ class PastaSynthConfig(tfds.core.BuilderConfig):
 
 
 class PastaSynth(tfds.core.GeneratorBasedBuilder):
-  """The synthetic PASTA benchmark (docs/benchmark.md), generated offline."""
+  """The synthetic PASTA benchmark (docs/synthetic_benchmark.md), generated offline."""
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {

@@ -1,4 +1,4 @@
-"""The jittable core of the PASTA interpreter (PASTA.md sections 2, 3 and 5).
+"""The jittable core of the PASTA interpreter (docs/design.md sections 2, 3 and 5).
 
 Everything a generation needs lives in one fixed-shape `state.State`; `prefill`
 writes the prompts and samples each request's first token, `step` runs one decode

@@ -1,4 +1,4 @@
-"""PASTA-LANG grammar on device: token classes and per-slot logit masks (PASTA.md 5).
+"""PASTA-LANG grammar on device: token classes and per-slot logit masks (docs/design.md section 5).
 
 Each slot is in one of three grammatical places, known from O(1) state:
 

@@ -47,7 +47,7 @@ class Result:
     document: the annotated `lang.Document` (None if a stop cut an element).
     text: the final answer (`lang.strip(document)`), or the best text available.
     threads: one ThreadSpan per thread (0 = main).
-    steps: decode rounds, the prefill round included (PASTA.md section 6).
+    steps: decode rounds, the prefill round included (docs/design.md section 6).
     total_tokens: tokens sampled by all threads.
     timeline: (round, thread, token) of every sampled token, in sampling order.
     logits: [total_tokens, V] logits each token was sampled from, in timeline

@@ -1,4 +1,4 @@
-"""One decode round (PASTA.md section 5): which slots feed, their attention metadata,
+"""One decode round (docs/design.md section 5): which slots feed, their attention metadata,
 the model call at the narrowest width that holds them, and the sampling under the
 grammar; and the sequential decoder's round, a plain KV-cache step.
 

@@ -1,4 +1,4 @@
-"""The thread state machine of a PASTA round (PASTA.md sections 2 and 3): queued
+"""The thread state machine of a PASTA round (docs/design.md sections 2 and 3): queued
 threads take slots, which slots feed, `<sync/>` joins, and what the sampled tokens do
 (promises open and close, threads fork and finish, requests end).
 
