@@ -12,12 +12,11 @@ from pasta_jax import config as config_lib
 from pasta_jax import comparison
 from pasta_jax import models
 from pasta_jax import runs
-from pasta_jax import tokenizer as tokenizer_lib
-from pasta_jax.data import synthetic
 from pasta_jax.interpreter import Interpreter, InterpreterConfig
 from pasta_jax.settings import Mode, PositionStrategy
 
 from configs import synth
+from tests import fixtures
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -33,10 +32,7 @@ OVERRIDES = {
 
 @pytest.fixture(scope='module')
 def tok():
-  texts = []
-  for example in synthetic.generate('train', 100):
-    texts += [example.prompt, example.plain]
-  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
+  return fixtures.synthetic_tokenizer(100)
 
 
 def _run(tok, preset='tiny', **fields) -> runs.Run:

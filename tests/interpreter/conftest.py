@@ -5,25 +5,18 @@ import numpy as np
 import pytest
 
 from pasta_jax import models
-from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax import tokens as tokens_lib
 from pasta_jax.data import synthetic
 
+from tests import fixtures
 
-@pytest.fixture(scope='package', autouse=True)
-def _fast_compiles():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+
+_fast_compiles = pytest.fixture(scope='package', autouse=True)(fixtures.fast_compiles)
 
 
 @pytest.fixture(scope='session')
 def tok():
-  texts = []
-  for example in synthetic.generate('train', 300):
-    texts += [example.prompt, example.plain]
-  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
+  return fixtures.synthetic_tokenizer(300)
 
 
 @pytest.fixture(scope='session')

@@ -4,13 +4,8 @@ The flag is set for this package only and restored afterwards, so other test
 packages in the same session compile as usual.
 """
 
-import jax
 import pytest
 
+from tests import fixtures
 
-@pytest.fixture(scope='package', autouse=True)
-def _fast_compilation():
-  previous = jax.config.read('jax_disable_most_optimizations')
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', previous)
+_fast_compilation = pytest.fixture(scope='package', autouse=True)(fixtures.fast_compiles)

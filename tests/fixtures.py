@@ -1,0 +1,27 @@
+"""Helpers that several test packages' fixtures share."""
+
+from typing import Iterator
+
+import jax
+
+from pasta_jax import tokenizer as tokenizer_lib
+from pasta_jax.data import synthetic
+
+
+def fast_compiles() -> Iterator[None]:
+  """A fixture body: XLA's optimizations off while the fixture's scope lasts (the
+  tests compare programs with themselves or with float tolerances; compile time
+  dominates their tiny models)."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  yield
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def synthetic_tokenizer(num_examples: int) -> tokenizer_lib.Tokenizer:
+  """A small tokenizer trained on the prompts and plain answers of the first
+  `num_examples` synthetic training examples."""
+  texts = []
+  for example in synthetic.generate('train', num_examples):
+    texts += [example.prompt, example.plain]
+  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
