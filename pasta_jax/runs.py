@@ -8,7 +8,8 @@ A run directory (`--workdir` of `python -m pasta_jax.train`) holds
       params                  the model params (nested like the model; also readable
                               by `models.checkpoint.load_params`)
       optimizer               {'step', 'opt_state'}
-      data                    every host's input-pipeline state (JSON)
+      data                    the input pipeline's state, one file per host
+                              (grain's orbax handler: process_<i>-of-<n>.json)
       config                  the effective config (JSON)
   metrics.jsonl, events.*     what training logged (see `training.metrics`)
 
