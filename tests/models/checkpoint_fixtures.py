@@ -1,7 +1,7 @@
 """Writers of test checkpoints in the official orbax FLAT layout and the Hugging
 Face safetensors layout (files by the safetensors package's writer). Independent
 of the loaders: the inverse transforms are written out here from the
-GEMMA_FORMATS.md table."""
+parameter layouts in docs/models.md."""
 
 import json
 import os

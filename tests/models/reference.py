@@ -1,6 +1,6 @@
 """An independent float64 numpy forward pass of the Gemma-family decoder.
 
-Written from the numerics in shared/design/GEMMA_FORMATS.md, not from the model
+Written from the numerics listed in docs/models.md, not from the model
 code: complex-number RoPE, kv heads repeated to N heads, masked softmax with an
 explicit fill. It reads the same nested param tree and TransformerConfig.
 """
