@@ -35,6 +35,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import ml_collections
 
+from pasta_jax import errors
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import sharding as model_sharding
@@ -51,7 +52,7 @@ _FROM_DATA = ('mode', 'position_strategy')
 _JSONL_KEYS = ('jsonl_name', 'jsonl_paths', 'on_error')
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
   """A config that cannot run; the message names the key, the value and what is expected."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping
 from absl import logging
 import tensorflow_datasets as tfds
 
+from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax.data import synthetic
 
@@ -100,7 +101,7 @@ class PastaSynth(tfds.core.GeneratorBasedBuilder):
 # User JSONL files.
 
 
-class JsonlError(ValueError):
+class JsonlError(errors.DataError):
   """A bad line in a JSONL file: names the file, the line and the problem."""
 
   def __init__(self, path: str, line: int, problem: str):
