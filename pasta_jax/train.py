@@ -15,13 +15,14 @@ scripts/launch_tpu_pod.sh). The work happens in
 from __future__ import annotations
 
 import os
-import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from pasta_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).',
                                           lock_config=True)
@@ -41,14 +42,9 @@ def main(argv: Sequence[str]) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
     jax.distributed.initialize()
-  from pasta_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
-  try:
-    loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except config_lib.ConfigError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

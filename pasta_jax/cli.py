@@ -1,0 +1,98 @@
+"""What every command line shares: `cli.run(main)` in place of `absl.app.run(main)`.
+
+A user's mistake (a `pasta_jax.errors.UserError`, absl's `app.UsageError`, a flag
+or config override that does not parse, a full disk) is printed as one or two
+lines, `error: ...`, and ends the process with the status that
+`pasta_jax/errors.py` lists; everything else is a bug and keeps its traceback.
+`--verbose` shows the traceback of user errors too.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import re
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from absl import app
+from absl import flags
+
+from pasta_jax import errors
+
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             'Show the Python traceback of user errors too (for bug reports).')
+
+
+def fail(message: str, status: int) -> NoReturn:
+  """Prints `error: message` on stderr and exits with `status`."""
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(status)
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`absl.app.run(main)` with the user-error handling described above."""
+  app.run(functools.partial(_guarded, main), flags_parser=_parse_flags)
+
+
+def _guarded(main: Callable[[Sequence[str]], None], argv: Sequence[str]) -> None:
+  try:
+    main(argv)
+  except app.UsageError as e:
+    if _VERBOSE.value:
+      raise
+    fail(f'{e} (see --helpshort)', errors.UsageError.exit_status)
+  except errors.UserError as e:
+    if _VERBOSE.value:
+      raise
+    fail(str(e), e.exit_status)
+  except OSError as e:
+    if e.errno != errno.ENOSPC or _VERBOSE.value:
+      raise
+    where = f' writing {e.filename}' if e.filename else ''
+    fail(f'no space left on device{where}; free some space and run the same command again '
+         '(a training run resumes from its last checkpoint)', errors.ResourceError.exit_status)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with one-line errors (exit status 2) instead of tracebacks."""
+  try:
+    rest = flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(_flag_error_text(str(e)), errors.UsageError.exit_status)
+  except (AttributeError, KeyError) as e:
+    # ml_collections' config_flags lets an unknown override key escape as these.
+    text = str(e.args[0]) if e.args else str(e)
+    key = re.match(r"'?\\?'?([^'\\\n]+)", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    arg = next((a for a in argv[1:] if key and re.search(
+        rf'\.{re.escape(key.group(1))}(=|$)', a.lstrip('-'))), None)
+    message = f'no such config key {key.group(1) if key else text!r}'
+    if arg:
+      message = f'{arg.split("=", 1)[0]}: {message}'
+    if hint:
+      message += f' (did you mean {hint.group(1)!r}?)'
+    fail(message, errors.UsageError.exit_status)
+  _check_config_files()
+  return rest
+
+
+def _check_config_files() -> None:
+  """A config file that did not load (config_flags defers the error to first use)."""
+  for name in list(flags.FLAGS):
+    value = flags.FLAGS[name].value
+    error = getattr(value, '_error', None) if type(value).__name__ == '_ErrorConfig' else None
+    if error is not None:
+      fail(f'--{name}: ' + _flag_error_text(str(error)), errors.UsageError.exit_status)
+
+
+def _flag_error_text(text: str) -> str:
+  """One or two lines of an absl flag error (config files' errors come nested)."""
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  if text.startswith('Failed loading config file') or 'Traceback' in text:
+    # The last line is the reason (`[Errno 2] No such file ...` or the config's own error).
+    flag = re.match(r'flag (--\S+?)=', lines[0])
+    reason = lines[-1]
+    return f'{flag.group(1) + ": " if flag else ""}{reason}'
+  return ' '.join(lines[:2])
