@@ -109,6 +109,11 @@ def defaults() -> ConfigDict:
   c.data.prefetch = 2                  # batches prepared ahead in grain's background thread
   c.data.workers = 0                   # grain worker processes laying out examples
                                        # (0: the training process; same batches for any)
+  c.data.max_too_long = 0.01           # refuse to train when a larger fraction of a split's
+                                       # examples is longer than seq_len (they are skipped)
+  c.data.length_check = 20000          # examples per host and split whose lengths are
+                                       # checked at start-up (a random sample of bigger
+                                       # splits; 0 = no check)
 
   c.tokenizer = ConfigDict()
   c.tokenizer.path = ''                # '' = train one on the training split
@@ -250,6 +255,8 @@ def check_values(c: ConfigDict) -> None:
   need(c.data.batch_size >= 1, 'data.batch_size', 'an int >= 1')
   need(c.data.prefetch >= 0, 'data.prefetch', 'an int >= 0')
   need(c.data.workers >= 0, 'data.workers', 'an int >= 0')
+  need(0 <= c.data.max_too_long <= 1, 'data.max_too_long', 'a fraction in [0, 1]')
+  need(c.data.length_check >= 0, 'data.length_check', 'an int >= 0 (0 = no check)')
   need(c.tokenizer.path != '' or c.tokenizer.num_texts >= 1, 'tokenizer.num_texts',
        'an int >= 1 (texts to train the tokenizer on)')
   need(c.model.vocab_size >= 0, 'model.vocab_size', "an int >= 0 (0 = the tokenizer's)")

@@ -39,6 +39,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from pasta_jax import errors
 from pasta_jax import layout
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
@@ -72,6 +73,37 @@ class Stats:
   @property
   def fill(self) -> float:
     return self.tokens / self.slots if self.slots else 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Lengths:
+  """Layout lengths of (the first part of) a host's epoch, against `seq_len`.
+
+  Attributes:
+    checked: examples laid out (the first `checked` of the epoch's order: a
+      random sample when the order is shuffled).
+    total: examples in the host's epoch.
+    too_long: checked examples longer than `seq_len` (the pipeline skips them).
+    shortest, longest: the extreme lengths among the checked examples.
+  """
+
+  checked: int
+  total: int
+  too_long: int
+  shortest: int
+  longest: int
+  seq_len: int
+
+  @property
+  def fraction(self) -> float:
+    """The fraction of the checked examples that are too long."""
+    return self.too_long / self.checked if self.checked else 0.0
+
+  def merge(self, other: 'Lengths') -> 'Lengths':
+    """Both hosts' counts together."""
+    return Lengths(self.checked + other.checked, self.total + other.total,
+                   self.too_long + other.too_long, min(self.shortest, other.shortest),
+                   max(self.longest, other.longest), self.seq_len)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,6 +181,9 @@ class Batches(grain.DatasetIterator):
     self._examples = self._host_stream(grain.MapDataset.source(source)).map(self._layout)
     self._position = 0
     self._pending: layout.Layout | None = None
+    # Where the current run of too-long examples began (None: the last one fitted).
+    self._too_long_since: int | None = None
+    self._shortest_dropped = np.iinfo(np.int64).max
     self.stats = Stats()
 
   def _host_stream(self, ds: grain.MapDataset) -> grain.MapDataset:
@@ -181,9 +216,37 @@ class Batches(grain.DatasetIterator):
       index = min(int(round(fraction * self._share)), self._share)
     self._position = state['epoch'] * self._share + index
     self._pending = None
+    self._too_long_since = None
     self._close_reader()
 
   # -- iteration -----------------------------------------------------------
+
+  @property
+  def share(self) -> int:
+    """The examples in one of this host's epochs."""
+    return self._share
+
+  def lengths(self, limit: int | None = None, progress: Any = None) -> Lengths:
+    """The layout lengths of the first `limit` examples of this host's first
+    epoch (all when None), in `workers` processes like the batches.
+
+    `progress`, when given, is called with the number of examples checked so
+    far (every 256 and at the end).
+    """
+    count = self._share if limit is None else min(limit, self._share)
+    too_long, shortest, longest = 0, np.iinfo(np.int64).max, 0
+    reader = self._read(self._examples[:count])
+    try:
+      for i, item in enumerate(reader, 1):
+        n = len(item)
+        too_long += n > self.seq_len
+        shortest, longest = min(shortest, n), max(longest, n)
+        if progress is not None and (i % 256 == 0 or i == count):
+          progress(i)
+    finally:
+      reader.close()
+    return Lengths(count, self._share, too_long, int(shortest) if count else 0, longest,
+                   self.seq_len)
 
   def __next__(self) -> dict[str, np.ndarray]:
     rows: list[list[layout.Layout]] = [[] for _ in range(self.batch_size)]
@@ -191,8 +254,18 @@ class Batches(grain.DatasetIterator):
     while (item := self._peek()) is not None:
       if len(item) > self.seq_len:
         self.stats.dropped_too_long += 1
+        if self._too_long_since is None:
+          self._too_long_since = self._position
+        self._shortest_dropped = min(self._shortest_dropped, len(item))
+        epoch_start = -(-self._too_long_since // self._share) * self._share
+        if self._position >= epoch_start + self._share - 1:
+          # A whole epoch without an example that fits: waiting longer cannot help.
+          raise errors.DataError(
+              f'every example is longer than seq_len={self.seq_len} tokens (the shortest '
+              f'is {self._shortest_dropped}); raise the sequence length')
         self._take()
         continue
+      self._too_long_since, self._shortest_dropped = None, np.iinfo(np.int64).max
       row = next((r for r in range(self.batch_size)
                   if fill[r] + len(item) <= self.seq_len), None)
       if row is None:
@@ -221,10 +294,12 @@ class Batches(grain.DatasetIterator):
     self._position += 1
 
   def _read_from(self, position: int) -> grain.DatasetIterator:
+    return self._read(self._examples[position:])
+
+  def _read(self, examples: grain.MapDataset) -> grain.DatasetIterator:
     # One reading thread: the layouts are Python work, more threads only contend
     # for the GIL; `workers` processes do them in parallel, in order.
-    ds = self._examples[position:].to_iter_dataset(
-        grain.ReadOptions(num_threads=1, prefetch_buffer_size=64))
+    ds = examples.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=64))
     if self._workers:
       if not flags.FLAGS.is_parsed():  # grain's workers read its absl flags
         flags.FLAGS.mark_as_parsed()

@@ -13,9 +13,11 @@ import jax
 from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
+from tqdm import auto as tqdm_auto
 
 from pasta_jax import config as config_lib
 from pasta_jax import tokenizer as tokenizer_lib
+from pasta_jax.config import ConfigError
 from pasta_jax.data import pipeline
 
 
@@ -32,6 +34,49 @@ def batches(config: ml_collections.ConfigDict, source, tok: tokenizer_lib.Tokeni
       position_strategy=config_lib.position_strategy(config),
       template=data.prompt_template, promise_lengths=data.promise_lengths,
       workers=data.workers if train else 0)
+
+
+def check_lengths(config: ml_collections.ConfigDict, it: pipeline.Batches, split: str, *,
+                  show_progress: bool = True) -> str | None:
+  """Checks the examples of `split` against `data.seq_len` before training.
+
+  Each host lays out the first `data.length_check` examples of its share (a
+  random sample when the split is shuffled) and the counts of all hosts are
+  added. Raises a `ConfigError` naming `data.seq_len` when no checked example
+  fits, or when more than `data.max_too_long` of them are too long (the
+  pipeline would skip them); returns a line that reports skipped examples (None
+  when there are none or nothing was checked).
+  `show_progress` shows a bar of the examples checked on stderr.
+  """
+  data = config.data
+  if not data.length_check:
+    return None
+  with tqdm_auto.tqdm(total=min(data.length_check, it.share), unit=' examples', leave=False,
+                      desc=f'checking {split} lengths', disable=not show_progress) as bar:
+    lengths = it.lengths(data.length_check, progress=lambda n: bar.update(n - bar.n))
+  if jax.process_count() > 1:
+    counts = multihost_utils.process_allgather(np.asarray(
+        [lengths.checked, lengths.total, lengths.too_long, lengths.shortest, lengths.longest],
+        np.int64))
+    lengths = pipeline.Lengths(int(counts[:, 0].sum()), int(counts[:, 1].sum()),
+                               int(counts[:, 2].sum()), int(counts[:, 3].min()),
+                               int(counts[:, 4].max()), lengths.seq_len)
+  if not lengths.checked or not lengths.too_long:
+    return None
+  sample = ('' if lengths.checked == lengths.total else
+            f' (a random sample of {lengths.checked} of its {lengths.total} examples)')
+  if lengths.too_long == lengths.checked:
+    raise ConfigError(f'config.data.seq_len={data.seq_len} is shorter than every {split} '
+                      f'example{" checked" if sample else ""}{sample}: the shortest is {lengths.shortest} tokens, '
+                      'raise data.seq_len')
+  share = (f'{lengths.too_long} of {lengths.checked} {split} examples{sample} '
+           f'({100 * lengths.fraction:.2f}%) are longer than data.seq_len={data.seq_len} '
+           f'tokens (the longest is {lengths.longest})')
+  if lengths.fraction > data.max_too_long:
+    raise ConfigError(f'config.data.seq_len={data.seq_len}: {share} and would be skipped, '
+                      f'more than config.data.max_too_long={data.max_too_long} allows; raise '
+                      'data.seq_len, or data.max_too_long to train without them')
+  return f'{share}; they are skipped'
 
 
 def _max_over_hosts(value: int) -> int:

@@ -14,13 +14,14 @@ error) that names the offending value.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging as std_logging
 import os
 import signal
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, Iterator
 
 import jax
 from jax.experimental import multihost_utils
@@ -60,15 +61,23 @@ class TrainingResult:
   stopped_by: int | None = None
 
 
+class Interrupted(Exception):
+  """A signal arrived while the run waited in `StopRequest.interruptible()`."""
+
+
 class StopRequest:
   """Turns SIGTERM / SIGINT into a request to save and stop (main thread only).
 
-  A second SIGINT raises KeyboardInterrupt as usual.
+  The loop checks `requested()` after every step. A wait that may be long (for
+  the next batch) runs in `interruptible()`: there a signal raises `Interrupted`
+  at once, so no wait outlives a signal. A second SIGINT raises
+  KeyboardInterrupt as usual.
   """
 
   def __init__(self):
     self.signal: int | None = None
     self._previous: dict[int, Any] = {}
+    self._waiting = False
 
   def __enter__(self) -> 'StopRequest':
     if threading.current_thread() is threading.main_thread():
@@ -86,6 +95,20 @@ class StopRequest:
     if self.signal is not None and sig == signal.SIGINT:
       raise KeyboardInterrupt
     self.signal = sig
+    if self._waiting:
+      raise Interrupted(sig)
+
+  @contextlib.contextmanager
+  def interruptible(self) -> Iterator[None]:
+    """A block that a signal ends with `Interrupted` (one host only: with several,
+    every host must reach the same step before they stop together)."""
+    self._waiting = jax.process_count() == 1
+    try:
+      if self._waiting and self.signal is not None:
+        raise Interrupted(self.signal)
+      yield
+    finally:
+      self._waiting = False
 
   def requested(self) -> bool:
     """Whether any host got a signal (a collective when there are several hosts)."""
@@ -135,6 +158,15 @@ def _config_differences(old: Any, new: Any, prefix: str = '') -> list[str]:
       out += _config_differences(old.get(key), new.get(key), f'{prefix}{key}.')
     return out
   return [] if old == new else [f'{prefix.rstrip(".")}: {old!r} -> {new!r}']
+
+
+def _decoding_differences(saved: dict, data: ml_collections.ConfigDict) -> list[str]:
+  """The data keys that define how the run's model decodes and that `data` changes."""
+  keys = ['mode', 'position_strategy', 'prompt_template']
+  if data.position_strategy == 'fixed' or saved.get('position_strategy') == 'fixed':
+    keys.append('fixed_reserve')
+  return [f'config.data.{key}: {saved[key]!r} in the run, {data[key]!r} now'
+          for key in keys if key in saved and saved[key] != data[key]]
 
 
 def _rows(batch_size: int, process_count: int) -> int:
@@ -198,12 +230,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if diffs:
       raise ConfigError(f'{workdir} holds a run of another model than config.model: '
                         + '; '.join(diffs))
+    diffs = _decoding_differences(saved.get('data', {}), config.data)
+    if diffs:
+      raise ConfigError(f'{workdir} holds a run that decodes differently: ' + '; '.join(diffs)
+                        + '. These define what the model learns; train it in a new workdir')
   rules = config_lib.rules_for(model_config, mesh, config.mesh.rules)
   partitioning.check_params(model_config, mesh, rules)
 
   notes: list[str] = []
   rows = _rows(config.data.batch_size, process_count)
   eval_rows = _rows(config_lib.eval_batch_size(config), process_count)
+  for split, train in (('train', True), (config.eval.split, False)):
+    note = inputs.check_lengths(config, inputs.batches(
+        config, sources[split], tok, rows=rows if train else eval_rows, train=train,
+        num_epochs=1, process_index=process_index, process_count=process_count),
+                                split, show_progress=primary)
+    if note:
+      notes.append(note)
   if not config.train.num_steps:
     if latest is not None and saved['train']['num_epochs'] == config.train.num_epochs \
         and saved['data'] == runs.config_to_json(config)['data']:
@@ -249,8 +292,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       grad_accum_steps=config.optimizer.grad_accum_steps, state_shardings=shardings,
       batch_sharding=batch_sharding)
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
   step = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricWriter(workdir, enabled=primary,
+                                    resume_step=step if latest is not None else None)
   bar = metrics_lib.ProgressBar(num_steps, initial=step, stream=stream, enabled=primary)
   bar.message(f'{workdir}: {config.data.mode} training of a '
               f'{transformer.count_params(model_config) / 1e6:.2f}M-param model on '
@@ -281,7 +325,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   try:
     with step_lib.sharded(mesh, rules), StopRequest() as stop:
       while step < num_steps:
-        batch = partitioning.global_batch(next(feed), batch_sharding)
+        position = feed.get_state()
+        try:
+          with stop.interruptible():
+            rows_of_host = next(feed)
+        except Interrupted:
+          feed.set_state(position)  # the batch may have been taken: it was not trained on
+          stopped_by = stop.signal
+          break
+        batch = partitioning.global_batch(rows_of_host, batch_sharding)
         state, metrics = train_step(state, batch)
         step += 1
         window.append(metrics)

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import IO, Mapping
 
+from absl import logging
 from tqdm import auto as tqdm_auto
 from tqdm import autonotebook
 from tqdm import std as tqdm_std
@@ -22,28 +23,60 @@ class MetricWriter:
   """Scalars to TensorBoard event files (tensorboardX) and to `metrics.jsonl`.
 
   Each jsonl line is `{"step": N, "split": "train" | "eval", "time": unix, ...}`;
-  TensorBoard tags are `split/name`.
+  TensorBoard tags are `split/name`. A run resumed from the checkpoint of step
+  `resume_step` starts by dropping what a killed process wrote after that step
+  (the resumed run writes those steps again), in both; a (step, split) written
+  again replaces the old line, so every (step, split) appears once.
   """
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+               resume_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     self._jsonl: IO[str] | None = None
+    self._written: set[tuple[int, str]] = set()
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a', encoding='utf-8')
+    self._path = os.path.join(workdir, 'metrics.jsonl')
+    records = read_metrics(self._path)
+    if resume_step is None and records:
+      # A fresh run in a directory with the metrics of another: keep them aside.
+      aside = f'{self._path}.{int(time.time())}'
+      os.replace(self._path, aside)
+      logging.warning('%s holds the metrics of an earlier run without checkpoints; moved '
+                      'to %s', self._path, aside)
+      records = []
+    self._rewrite([r for r in records if r['step'] <= (resume_step or 0)])
     if tensorboard:
       import tensorboardX  # pylint: disable=g-import-not-at-top
-      self._tb = tensorboardX.SummaryWriter(logdir=workdir, flush_secs=30)
+      # Events of steps after the checkpoint are purged from what TensorBoard shows.
+      self._tb = tensorboardX.SummaryWriter(
+          logdir=workdir, flush_secs=30,
+          purge_step=None if resume_step is None else resume_step + 1)
+
+  def _rewrite(self, records: list[dict]) -> None:
+    """Replaces metrics.jsonl by `records` (atomically) and appends from there."""
+    if self._jsonl is not None:
+      self._jsonl.close()
+    tmp = self._path + '.tmp'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.writelines(json.dumps(r) + '\n' for r in records)
+    os.replace(tmp, self._path)
+    self._written = {(r['step'], r['split']) for r in records}
+    self._jsonl = open(self._path, 'a', encoding='utf-8')
 
   def write(self, step: int, split: str, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     clean = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), 'split': split,
-                                  'time': round(time.time(), 3), **clean}) + '\n')
+    record = {'step': int(step), 'split': split, 'time': round(time.time(), 3), **clean}
+    if (record['step'], split) in self._written:
+      self._rewrite([r for r in read_metrics(self._path)
+                     if (r['step'], r['split']) != (record['step'], split)])
+    self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
+    self._written.add((record['step'], split))
     if self._tb is not None:
       for name, value in clean.items():
         self._tb.add_scalar(f'{split}/{name}', value, int(step))
@@ -63,6 +96,27 @@ class MetricWriter:
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The records of a metrics.jsonl ([] if there is none).
+
+  Lines that do not parse (the last one when a process was killed mid-write) are
+  left out with a warning that counts them.
+  """
+  if not os.path.exists(path):
+    return []
+  records, bad = [], []
+  with open(path, encoding='utf-8', errors='replace') as f:
+    for number, line in enumerate(f, 1):
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        bad.append(number)
+  if bad:
+    logging.warning('%s: left out %d line(s) that do not parse (line %s)', path, len(bad),
+                    ', '.join(map(str, bad[:5])) + (' ...' if len(bad) > 5 else ''))
+  return records
 
 
 _BAR_FORMAT = 'step {n_fmt}/{total_fmt} [{bar}]{postfix} | {elapsed} elapsed, ETA {remaining}'
