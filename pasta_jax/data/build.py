@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
+import re
 import shlex
 import sys
 from typing import Sequence
@@ -122,6 +123,9 @@ def main(argv: Sequence[str]) -> None:
     if not _NAME.value or not paths:
       raise app.UsageError('pasta_jsonl needs --name and at least one of --train, '
                            '--validation, --test')
+    if not re.fullmatch(r'[A-Za-z0-9_.-]+', _NAME.value):
+      raise errors.UsageError(f'--name={_NAME.value}: use letters, digits, "_", "." and "-" '
+                              '(it names a directory)')
     for split, split_paths in paths.items():
       for path in split_paths:
         if os.path.isdir(path):

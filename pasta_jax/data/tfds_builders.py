@@ -317,8 +317,9 @@ def _record(json_line: str, path: str, line: int, config: PastaJsonlConfig) -> d
                      max_tokens=config.max_promise_tokens)
   except lang.PromisedLengthError as e:
     raise JsonlError(path, line, f'promised length too long in annotated_response: {e}; '
-                     f'the last length token is max_promise_tokens='
-                     f'{config.max_promise_tokens}') from None
+                     f'the length tokens stop at max_promise_tokens='
+                     f'{config.max_promise_tokens} (--max_promise_tokens, '
+                     'config.data.max_promise_tokens)') from None
   except lang.PastaLangError as e:
     raise JsonlError(path, line, f'PASTA-LANG error in annotated_response: {e}') from None
   extras = {k: v for k, v in row.items()

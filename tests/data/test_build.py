@@ -59,6 +59,11 @@ def test_promised_lengths_beyond_the_length_tokens(tmp_path):
       r':2: promised length too long in annotated_response: line 1:2 \(offset 1\): '
       r'<promise> tokens=999999999999\.\.\. \(26 digits\) is absurdly large')):
     list(tfds_builders.read_jsonl(path, config))
+  with pytest.raises(tfds_builders.JsonlError, match=(
+      r':2: .*tokens=110 exceeds the maximum promised length 100; the length tokens stop '
+      r'at max_promise_tokens=100 \(--max_promise_tokens, config.data.max_promise_tokens\)$')):
+    long = write(tmp_path / 'long.jsonl', [GOOD, promise_line('110')])
+    list(tfds_builders.read_jsonl(long, config))
   skip = tfds_builders.PastaJsonlConfig(name='x', paths={'train': path}, on_error='skip')
   skipped = collections.Counter()
   assert [n for n, _ in tfds_builders.read_jsonl(path, skip, skipped)] == [1, 4]
@@ -131,6 +136,8 @@ def run_build(tmp_path, *args):
 
 @pytest.mark.parametrize('lines,status,message', [
     (None, 2, 'error: --train=train.jsonl: no such file'),
+    ([GOOD], 2, 'error: --name=a/b: use letters, digits, "_", "." and "-" (it names a '
+                'directory)'),
     ('dir', 2, 'error: --train=train.jsonl: a directory; give a JSONL file'),
     ([GOOD, '{oops'], 3, 'error: train.jsonl:2: invalid JSON: Expecting property name '
                          'enclosed in double quotes: line 1 column 2 (char 1)'),
@@ -147,7 +154,8 @@ def test_cli_errors_are_one_line_with_a_status(tmp_path, lines, status, message)
     (tmp_path / 'train.jsonl').mkdir()
   elif lines is not None:
     write(tmp_path / 'train.jsonl', lines)
-  code, _, stderr = run_build(tmp_path, '--name=x', '--train=train.jsonl')
+  name = 'a/b' if message.startswith('error: --name') else 'x'
+  code, _, stderr = run_build(tmp_path, f'--name={name}', '--train=train.jsonl')
   assert (code, stderr.strip().splitlines()) == (status, [message])
 
 
