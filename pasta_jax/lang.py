@@ -20,6 +20,10 @@ import re
 from typing import Union
 
 DEFAULT_QUANTUM = 10
+# No promised length is ever above this, whatever `max_tokens` says: a length
+# vocabulary has far fewer tokens (`tokens.ControlTokens.max_promise_tokens`, 100 in
+# the training config), and sums of such lengths stay well within int32 positions.
+LIMIT_TOKENS = 1_000_000
 
 _TAG_NAMES = ('promise', 'async', 'sync')
 # A PASTA element starts with `<` or `</`, one of the three names, then whitespace,
@@ -58,6 +62,10 @@ class PastaLangError(ValueError):
     line = text.count('\n', 0, offset) + 1
     column = offset - (text.rfind('\n', 0, offset) + 1) + 1
     return cls(problem, offset, line, column)
+
+
+class PromisedLengthError(PastaLangError):
+  """A promised length above `max_tokens` (no length token for it) or `LIMIT_TOKENS`."""
 
 
 # ----------------------------------------------------------------------------
@@ -278,13 +286,19 @@ def _promise_from_tag(text: str, tag: _Tag, quantum: int,
   if not _INTEGER.fullmatch(raw):
     raise PastaLangError.at(text, tag.start,
                             f'<promise> tokens must be a non-negative integer, got {raw!r}')
-  tokens = int(raw)
+  digits = raw.lstrip('0') or '0'
+  if len(digits) > len(str(LIMIT_TOKENS)) or int(digits) > LIMIT_TOKENS:
+    shown = raw if len(raw) <= 20 else f'{raw[:12]}... ({len(raw)} digits)'
+    raise PromisedLengthError.at(
+        text, tag.start, f'<promise> tokens={shown} is absurdly large: no promised '
+        f'length exceeds {LIMIT_TOKENS} tokens')
+  tokens = int(digits)
   if tokens % quantum:
     raise PastaLangError.at(text, tag.start,
                             f'<promise> tokens={tokens} is not a multiple of the length '
                             f'quantum {quantum}')
   if max_tokens is not None and tokens > max_tokens:
-    raise PastaLangError.at(text, tag.start,
+    raise PromisedLengthError.at(text, tag.start,
                             f'<promise> tokens={tokens} exceeds the maximum promised '
                             f'length {max_tokens}')
   topic_raw = tag.attrs['topic']
@@ -306,7 +320,8 @@ def parse(text: str, *, annotated: bool = True, quantum: int = DEFAULT_QUANTUM,
       promise must be followed immediately by its `<async>` body. When False
       (what a main thread writes at inference) bodies are optional.
     quantum: promised lengths must be multiples of it (1 accepts any integer).
-    max_tokens: when given, the largest promised length accepted.
+    max_tokens: when given, the largest promised length accepted (`LIMIT_TOKENS`
+      bounds every length in any case).
 
   Raises:
     PastaLangError: naming the problem and its location.

@@ -88,11 +88,29 @@ def test_quantum_parameter():
 def test_validate_document_and_text():
   doc = lang.Document.of('a', P('t', 30, 'b'))
   assert lang.validate(doc) == doc
-  with pytest.raises(lang.PastaLangError, match=r'line 1:2 \(offset 1\).*exceeds'):
+  with pytest.raises(lang.PromisedLengthError, match=r'line 1:2 \(offset 1\).*exceeds'):
     lang.validate(doc, max_tokens=20)
   with pytest.raises(lang.PastaLangError, match='has no body'):
     lang.validate(lang.Document.of(P('t', 30)))
   assert lang.validate(lang.Document.of(P('t', 30)), annotated=False).promises[0].body is None
+
+
+@pytest.mark.parametrize('raw,shown', [
+    ('99999999999999999999999990', r'999999999999\.\.\. \(26 digits\)'),
+    ('1000010', '1000010'),
+    ('9' * 5000, r'999999999999\.\.\. \(5000 digits\)'),
+])
+def test_absurd_promised_lengths_are_parse_errors(raw, shown):
+  # Even with quantum 1 and no max_tokens; 5000 digits would also break int().
+  text = f'ok\n<promise topic="t" tokens="{raw}"/><async>x</async>'
+  with pytest.raises(lang.PromisedLengthError,
+                     match=rf'line 2:1 \(offset 3\): <promise> tokens={shown} is absurdly '
+                     rf'large: no promised length exceeds {lang.LIMIT_TOKENS} tokens'):
+    lang.parse(text, quantum=1)
+  assert lang.parse(f'<promise topic="t" tokens="{lang.LIMIT_TOKENS}"/><async>x</async>',
+                    quantum=1).promises[0].tokens == lang.LIMIT_TOKENS
+  assert lang.parse('<promise topic="t" tokens="0000000000000020"/><async>x</async>'
+                    ).promises[0].tokens == 20
 
 
 # One test per error path: (input, problem regex, offset, line, column).

@@ -23,11 +23,17 @@ from pasta_jax.data import records
 def data_sources(data: ml_collections.ConfigDict, splits: Sequence[str]) -> dict:
   """{split: random-access source}, building the TFDS dataset if needed.
 
-  Raises ConfigError for a missing JSONL file or a split the dataset lacks.
+  Raises ConfigError for a missing JSONL file or a split the dataset lacks, and
+  `errors.DataError` for a bad line or empty split of a JSONL file and for a
+  pasta_jsonl dataset built from other inputs than `data` names (a file's contents
+  or a setting changed since: the message gives the command that rebuilds it).
   """
   if data.name == 'pasta_jsonl':
     for split, paths in dict(data.jsonl_paths).items():
       for path in ((paths,) if isinstance(paths, str) else tuple(paths)):
+        if os.path.isdir(path):
+          raise ConfigError(f'config.data.jsonl_paths[{split!r}]: {path!r} is a directory, '
+                            'not a JSONL file')
         if not os.path.isfile(path):
           raise ConfigError(f'config.data.jsonl_paths[{split!r}]: JSONL file {path!r} '
                             'does not exist')

@@ -12,8 +12,10 @@ Python with `builder(...).download_and_prepare()`.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Iterator, Mapping
@@ -109,6 +111,10 @@ class JsonlError(errors.DataError):
     super().__init__(f'{path}:{line}: {problem}')
 
 
+# The training config's default (config.data.max_promise_tokens): LEN_0 .. LEN_10.
+DEFAULT_MAX_PROMISE_TOKENS = 100
+
+
 @dataclasses.dataclass
 class PastaJsonlConfig(tfds.core.BuilderConfig):
   """A dataset of annotated responses from JSONL files (one file or list per split).
@@ -122,15 +128,25 @@ class PastaJsonlConfig(tfds.core.BuilderConfig):
       bad lines, counts them per problem and reports the counts (log and the
       dataset's metadata, `info.metadata['skipped']`).
     quantum: promised lengths must be multiples of it (1 accepts any integer).
+    max_promise_tokens: the largest promised length, that of the tokenizer's last
+      length token (`tokens.ControlTokens.max_promise_tokens`); a longer one is a
+      bad line.
   """
 
   paths: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   on_error: str = 'fail'
   quantum: int = lang.DEFAULT_QUANTUM
+  max_promise_tokens: int = DEFAULT_MAX_PROMISE_TOKENS
 
 
 class PastaJsonl(tfds.core.GeneratorBasedBuilder):
-  """Annotated responses from user JSONL files (e.g. SlimOrca annotated by an LLM)."""
+  """Annotated responses from user JSONL files (e.g. SlimOrca annotated by an LLM).
+
+  A build records its inputs (`inputs_record`: each file's sha256 and the settings)
+  in `info.metadata['inputs']`; `changes()` says how the current files and settings
+  differ from those of the existing build (`pasta_jax.data.build` rebuilds or
+  refuses a stale one).
+  """
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'First version.'}
@@ -144,8 +160,8 @@ class PastaJsonl(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f'on_error must be one of {ON_ERROR}, got {config.on_error!r}')
     for split, paths in config.paths.items():
       for path in _as_paths(paths):
-        if not os.path.isfile(path):
-          raise FileNotFoundError(f'split {split!r}: JSONL file {path!r} does not exist')
+        check_file(path, f'split {split!r}')
+    self.inputs = inputs_record(config)
     self.skipped: dict[str, collections.Counter] = {}
     super().__init__(config=config, **kwargs)
 
@@ -154,19 +170,45 @@ class PastaJsonl(tfds.core.GeneratorBasedBuilder):
         builder=self, description='User-provided PASTA-LANG annotated responses.',
         features=_features(), metadata=tfds.core.MetadataDict())
 
+  def changes(self) -> list[str]:
+    """How the inputs differ from those of the existing build ([] if none or unbuilt)."""
+    if not self.is_prepared():
+      return []
+    return input_changes(dict(self.info.metadata or {}).get('inputs'), self.inputs)
+
+  def _log_download_bytes(self) -> None:
+    # TFDS would print "Downloading and preparing dataset Unknown size ...".
+    files = sum(len(_as_paths(p)) for p in self.builder_config.paths.values())
+    print(f'Building {self.info.full_name} from {files} JSONL file(s) in {self.data_dir}')
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _split_generators(self, dl_manager):
     del dl_manager
+    self.info.metadata['inputs'] = self.inputs
     return {split: self._generate_examples(split, _as_paths(paths))
             for split, paths in self.builder_config.paths.items()}
 
   def _generate_examples(self, split: str, paths: tuple[str, ...]):
     skipped = self.skipped.setdefault(split, collections.Counter())
+    count = 0
     for file_index, path in enumerate(paths):
       for line_number, record in read_jsonl(path, self.builder_config, skipped):
+        count += 1
         yield f'{file_index}:{line_number}', record
+    files = ', '.join(paths)
     if skipped:
       logging.warning('pasta_jsonl split %r: skipped %d bad lines: %s', split,
                       sum(skipped.values()), dict(skipped))
+      if not count:
+        raise errors.DataError(
+            f'split {split!r}: every line of {files} is bad ({sum(skipped.values())} '
+            f'skipped: {dict(skipped)}); build with --on_error=fail to see the first one')
+    if not count:
+      raise errors.DataError(
+          f'split {split!r}: {files} holds no examples (empty, or blank lines only); '
+          'give one JSON object per line, or leave the split out')
     self.info.metadata['skipped'] = {s: dict(c) for s, c in self.skipped.items()}
 
 
@@ -174,15 +216,68 @@ def _as_paths(paths: Any) -> tuple[str, ...]:
   return (paths,) if isinstance(paths, (str, os.PathLike)) else tuple(paths)
 
 
+def check_file(path: str, what: str) -> None:
+  """Raises DataError unless `path` is a readable file (`what`: e.g. "split 'train'")."""
+  if os.path.isdir(path):
+    raise errors.DataError(f'{what}: {path} is a directory, not a JSONL file')
+  if not os.path.isfile(path):
+    raise errors.DataError(f'{what}: JSONL file {path} does not exist')
+  if not os.access(path, os.R_OK):
+    raise errors.DataError(f'{what}: JSONL file {path} is not readable (permissions)')
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def inputs_record(config: PastaJsonlConfig) -> dict[str, Any]:
+  """What a build of `config` depends on: each file's sha256 and the settings."""
+  return {'files': {split: [{'path': os.path.abspath(path), 'sha256': _sha256(path)}
+                            for path in _as_paths(paths)]
+                    for split, paths in sorted(config.paths.items())},
+          'on_error': config.on_error, 'quantum': config.quantum,
+          'max_promise_tokens': config.max_promise_tokens}
+
+
+def input_changes(built: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+  """How `current` (an `inputs_record`) differs from `built`; files by content only."""
+  if not built:
+    return ['it has no record of its input files (built by an older version)']
+  changes = []
+  old_files, new_files = built.get('files', {}), current['files']
+  for split in sorted(set(old_files) | set(new_files)):
+    if split not in new_files:
+      changes.append(f'split {split!r} is no longer given')
+    elif split not in old_files:
+      changes.append(f'split {split!r} is new')
+    else:
+      old = [f['sha256'] for f in old_files[split]]
+      new = [f['sha256'] for f in new_files[split]]
+      if old != new:
+        changed = [f['path'] for i, f in enumerate(new_files[split])
+                   if i >= len(old) or old[i] != f['sha256']]
+        changes.append(f'{", ".join(changed) or f"split {split!r}"} changed' if
+                       len(old) == len(new) else f'split {split!r} has other files')
+  for key in ('on_error', 'quantum', 'max_promise_tokens'):
+    if built.get(key) != current[key]:
+      changes.append(f'{key} was {built.get(key)!r}, is {current[key]!r}')
+  return changes
+
+
 def read_jsonl(path: str, config: PastaJsonlConfig,
                skipped: collections.Counter | None = None
                ) -> Iterator[tuple[int, dict[str, str]]]:
   """Yields (line number, record) for each good line; see PastaJsonlConfig.on_error."""
-  with open(path, encoding='utf-8') as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
+  with open(path, 'rb') as f:
+    for line_number, raw in enumerate(f, 1):
       try:
+        line = _decode(raw, path, line_number)
+        if not line.strip():
+          continue
         record = _record(json_line=line, path=path, line=line_number, config=config)
       except JsonlError as e:
         if config.on_error == 'fail':
@@ -191,6 +286,16 @@ def read_jsonl(path: str, config: PastaJsonlConfig,
           skipped[e.problem.split(':')[0]] += 1
         continue
       yield line_number, record
+
+
+def _decode(raw: bytes, path: str, line: int) -> str:
+  if line == 1 and raw.startswith(codecs.BOM_UTF8):
+    raw = raw[len(codecs.BOM_UTF8):]
+  try:
+    return raw.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise JsonlError(path, line, f'invalid UTF-8: byte {raw[e.start]:#04x} at byte '
+                     f'{e.start + 1} of the line (save the file as UTF-8)') from None
 
 
 def _record(json_line: str, path: str, line: int, config: PastaJsonlConfig) -> dict:
@@ -208,7 +313,13 @@ def _record(json_line: str, path: str, line: int, config: PastaJsonlConfig) -> d
       raise JsonlError(path, line, f'invalid field: {key!r} must be a string, got '
                        f'{type(row[key]).__name__}')
   try:
-    doc = lang.parse(row['annotated_response'], quantum=config.quantum)
+    doc = lang.parse(row['annotated_response'], quantum=config.quantum,
+                     max_tokens=config.max_promise_tokens)
+  except lang.PromisedLengthError as e:
+    raise JsonlError(path, line, f'promised length too long in annotated_response: {e}; '
+                     f'the length tokens stop at max_promise_tokens='
+                     f'{config.max_promise_tokens} (--max_promise_tokens, '
+                     'config.data.max_promise_tokens)') from None
   except lang.PastaLangError as e:
     raise JsonlError(path, line, f'PASTA-LANG error in annotated_response: {e}') from None
   extras = {k: v for k, v in row.items()

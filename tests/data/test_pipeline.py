@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from pasta_jax import errors
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import pipeline
@@ -289,7 +290,7 @@ def test_jsonl_builder_fails_by_default_and_checks_paths(tmp_path):
   with pytest.raises(tfds_builders.JsonlError, match=r'train.jsonl:2: invalid JSON'):
     builder.download_and_prepare()
   missing = tfds_builders.PastaJsonlConfig(name='m', paths={'train': str(tmp_path / 'no.jsonl')})
-  with pytest.raises(FileNotFoundError, match="split 'train': JSONL file"):
+  with pytest.raises(errors.DataError, match="split 'train': JSONL file .*no.jsonl does not exist"):
     tfds_builders.PastaJsonl(config=missing, data_dir=str(tmp_path / 'tfds'))
   with pytest.raises(ValueError, match='on_error must be one of'):
     tfds_builders.PastaJsonl(config=tfds_builders.PastaJsonlConfig(
