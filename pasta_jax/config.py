@@ -247,6 +247,8 @@ def check_values(c: ConfigDict) -> None:
     for key in ('jsonl_name', 'jsonl_paths'):
       need(bool(c.data.get(key)), f'data.{key}',
            'a value for the pasta_jsonl dataset (see configs/gemma_sft.py)')
+    need(re.fullmatch(r'[A-Za-z0-9_.-]+', c.data.jsonl_name) is not None, 'data.jsonl_name',
+         'letters, digits, "_", "." and "-" (it names a directory)')
   need(c.data.mode in [m.value for m in Mode], 'data.mode', "'pasta' or 'sequential'")
   need(c.data.position_strategy in PositionStrategy.KINDS, 'data.position_strategy',
        f'one of {list(PositionStrategy.KINDS)}')

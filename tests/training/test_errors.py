@@ -84,6 +84,14 @@ def test_the_interpreter_section_is_checked_and_defaults_fill_in():
   assert config_lib.resolve(resolved).to_dict() == resolved.to_dict()
 
 
+def test_a_jsonl_dataset_name_that_is_not_a_directory_name(tfds_dir, no_compile, tmp_path):
+  config = tiny_config(tfds_dir, **{'data.name': 'pasta_jsonl', 'data.jsonl_name': 'a/../b',
+                                    'data.jsonl_paths': {'train': 'x.jsonl'}})
+  with pytest.raises(ConfigError, match=r"config\.data\.jsonl_name='a/\.\./b': expected "
+                     'letters, digits'):
+    loop.train_and_evaluate(config, str(tmp_path / 'w'))
+
+
 @pytest.mark.parametrize('dotted, value, message', [
     ('optimizer.lr', 'fast', r"config\.optimizer\.lr='fast': expected a float"),
     ('optimizer.lr', 0.0, r'config\.optimizer\.lr=0\.0: expected a float > 0'),
@@ -94,6 +102,9 @@ def test_the_interpreter_section_is_checked_and_defaults_fill_in():
     ('data.position_strategy', 'bogus', r"config\.data\.position_strategy='bogus': expected "
      r"one of \['predicted', 'oracle', 'fixed'\]"),
     ('data.fixed_reserve', -1, r'config\.data\.fixed_reserve=-1: expected an int >= 0'),
+    ('data.max_too_long', 1.5, r'config\.data\.max_too_long=1\.5: expected a fraction in '
+     r'\[0, 1\]'),
+    ('data.length_check', -1, r'config\.data\.length_check=-1: expected an int >= 0'),
     ('train.num_steps', 0, r'train\.num_epochs=0\.0: expected a number > 0 when '
      r'train\.num_steps is 0'),
     ('mesh.shape', (2, -1, -1), r'mesh\.shape=\(2, -1, -1\): expected \(data, fsdp, tensor\)'),
