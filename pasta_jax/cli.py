@@ -31,6 +31,19 @@ def fail(message: str, status: int) -> NoReturn:
   sys.exit(status)
 
 
+def check_flag(flag: flags.FlagHolder, ok: bool, expected: str) -> None:
+  """Raises `UsageError('--NAME=VALUE: expected EXPECTED')` unless `ok`."""
+  if not ok:
+    raise errors.UsageError(f'--{flag.name}={flag.value}: expected {expected}')
+
+
+def check_positive(*holders: flags.FlagHolder) -> None:
+  """Each integer flag that is set must be >= 1 (`check_flag`)."""
+  for flag in holders:
+    if flag.value is not None:
+      check_flag(flag, flag.value >= 1, 'an int >= 1')
+
+
 def run(main: Callable[[Sequence[str]], None]) -> None:
   """`absl.app.run(main)` with the user-error handling described above."""
   app.run(functools.partial(_guarded, main), flags_parser=_parse_flags)
