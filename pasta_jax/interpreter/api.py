@@ -256,6 +256,8 @@ class Interpreter:
     for i, x in enumerate(ids):
       padded[i, :len(x)] = x
     seeds = list(range(n)) if seeds is None else list(seeds)
+    if any(not 0 <= int(s) < 2**32 for s in seeds):
+      raise ValueError(f'seeds must be in [0, 2**32), got {seeds}')
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     if forced is None:
       forced = no_forcing(n, self.engine.num_thread_ids)
