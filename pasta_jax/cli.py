@@ -9,6 +9,7 @@ lines, `error: ...`, and ends the process with the status that
 
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import re
@@ -29,6 +30,19 @@ def fail(message: str, status: int) -> NoReturn:
   sys.stderr.write(f'error: {message}\n')
   sys.stderr.flush()
   sys.exit(status)
+
+
+def check_flag(flag: flags.FlagHolder, ok: bool, expected: str) -> None:
+  """Raises `UsageError('--NAME=VALUE: expected EXPECTED')` unless `ok`."""
+  if not ok:
+    raise errors.UsageError(f'--{flag.name}={flag.value}: expected {expected}')
+
+
+def check_positive(*holders: flags.FlagHolder) -> None:
+  """Each integer flag that is set must be >= 1 (`check_flag`)."""
+  for flag in holders:
+    if flag.value is not None:
+      check_flag(flag, flag.value >= 1, 'an int >= 1')
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
@@ -63,19 +77,35 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     fail(_flag_error_text(str(e)), errors.UsageError.exit_status)
   except (AttributeError, KeyError) as e:
     # ml_collections' config_flags lets an unknown override key escape as these.
-    text = str(e.args[0]) if e.args else str(e)
-    key = re.match(r"'?\\?'?([^'\\\n]+)", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    arg = next((a for a in argv[1:] if key and re.search(
-        rf'\.{re.escape(key.group(1))}(=|$)', a.lstrip('-'))), None)
-    message = f'no such config key {key.group(1) if key else text!r}'
-    if arg:
-      message = f'{arg.split("=", 1)[0]}: {message}'
-    if hint:
-      message += f' (did you mean {hint.group(1)!r}?)'
-    fail(message, errors.UsageError.exit_status)
+    fail(unknown_key_message(str(e.args[0]) if e.args else str(e), argv),
+         errors.UsageError.exit_status)
   _check_config_files()
   return rest
+
+
+def unknown_key_message(text: str, argv: Sequence[str]) -> str:
+  """`--config.a.b: no such config key 'b' (did you mean 'c'?)` from the text of
+  the KeyError or AttributeError that ml_collections raises for an unknown
+  override key (the repr of its message, or the repr of that repr)."""
+  for _ in range(3):  # unwrap reprs of reprs
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"':
+      try:
+        text = ast.literal_eval(text)
+        continue
+      except (SyntaxError, ValueError):
+        pass
+    break
+  key = re.search(r"'([^'\s]+)'", text)
+  name = key.group(1) if key else text.strip().splitlines()[0] if text.strip() else '?'
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  arg = next((a for a in argv[1:] if re.search(
+      rf'\.{re.escape(name)}(\.|=|$)', a.lstrip('-').split('=', 1)[0] + '=')), None)
+  message = f'no such config key {name!r}'
+  if arg:
+    message = f'{arg.split("=", 1)[0]}: {message}'
+  if hint:
+    message += f' (did you mean {hint.group(1)!r}?)'
+  return message
 
 
 def _check_config_files() -> None:
@@ -95,4 +125,6 @@ def _flag_error_text(text: str) -> str:
     flag = re.match(r'flag (--\S+?)=', lines[0])
     reason = lines[-1]
     return f'{flag.group(1) + ": " if flag else ""}{reason}'
-  return ' '.join(lines[:2])
+  text = re.sub(r'^flag (--)', r'\1', ' '.join(lines[:2]))
+  text = re.sub(r"invalid literal for int\(\) with base 10: (.*)$", r'expected an int, got \1', text)
+  return re.sub(r'could not convert string to float: (.*)$', r'expected a float, got \1', text)

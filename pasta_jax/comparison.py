@@ -8,6 +8,12 @@ rounds), the parallelism (PASTA tokens / rounds), the wall-clock speedup
 the prefill, which is timed apart) and the end-to-end speedup (prefill and decode
 together). Per family and overall: mean quality (points out of 100), geometric
 means of the speedups, and realised / theoretical (wall-clock / theoretical).
+
+A prompt longer than an interpreter takes is not decoded by it: its row has that
+model's status 'prompt_too_long' (and a `detail` saying what would fit), its
+speedups are NaN, and the summaries count it apart ('prompt_too_long') from the
+prompts their means are taken over ('decoded'); the other prompts decode as
+without it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from tqdm import auto as tqdm_auto
 from pasta_jax.data import encoding
 from pasta_jax.data import records
 from pasta_jax.data import synthetic
+from pasta_jax.interpreter import results as results_lib
 from pasta_jax.settings import Mode
 
 
@@ -49,24 +56,38 @@ class PromptResult:
   pasta_status: str
   baseline_status: str
   timeline: list = dataclasses.field(default_factory=list)
+  detail: str = ''  # why the prompt was not decoded ('' when it was)
+
+  @property
+  def decoded(self) -> bool:
+    """Whether both models decoded the prompt (neither found it too long)."""
+    return results_lib.PROMPT_TOO_LONG not in (self.pasta_status, self.baseline_status)
 
   @property
   def theoretical_speedup(self) -> float:
+    if not self.decoded:
+      return float('nan')
     return self.baseline_tokens / max(self.pasta_steps, 1)
 
   @property
   def wallclock_speedup(self) -> float:
     """Decode time of the baseline / of PASTA (the prefill excluded)."""
+    if not self.decoded:
+      return float('nan')
     return self.baseline_decode_seconds / self.pasta_decode_seconds
 
   @property
   def end_to_end_speedup(self) -> float:
     """The same with the prefill included."""
+    if not self.decoded:
+      return float('nan')
     return ((self.baseline_prefill_seconds + self.baseline_decode_seconds)
             / (self.pasta_prefill_seconds + self.pasta_decode_seconds))
 
   @property
   def parallelism(self) -> float:
+    if not self.decoded:
+      return float('nan')
     return self.pasta_tokens / max(self.pasta_steps, 1)
 
 
@@ -76,23 +97,32 @@ def geomean(values: Sequence[float]) -> float:
   return statistics.geometric_mean(values) if values else float('nan')
 
 
+def _mean(values: Sequence[float]) -> float:
+  return float(np.mean(values)) if len(values) else float('nan')
+
+
 def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
-  """Per family and overall ('all') aggregates."""
+  """Per family and overall ('all') aggregates over the decoded prompts; 'prompts'
+  counts every prompt, 'prompt_too_long' those neither model decoded."""
   groups = collections.defaultdict(list)
+  groups['all'] = []
   for row in rows:
     groups[row.family].append(row)
     groups['all'].append(row)
   out = {}
-  for name, group in sorted(groups.items(), key=lambda kv: (kv[0] == 'all', kv[0])):
+  for name, rows_of_group in sorted(groups.items(), key=lambda kv: (kv[0] == 'all', kv[0])):
+    group = [r for r in rows_of_group if r.decoded]
     theoretical = geomean([r.theoretical_speedup for r in group])
     wallclock = geomean([r.wallclock_speedup for r in group])
     out[name] = {
-        'prompts': len(group),
-        'baseline_quality': 100 * float(np.mean([r.baseline_quality for r in group])),
-        'pasta_quality': 100 * float(np.mean([r.pasta_quality for r in group])),
-        'baseline_tokens': float(np.mean([r.baseline_tokens for r in group])),
-        'pasta_tokens': float(np.mean([r.pasta_tokens for r in group])),
-        'pasta_steps': float(np.mean([r.pasta_steps for r in group])),
+        'prompts': len(rows_of_group),
+        'decoded': len(group),
+        'prompt_too_long': len(rows_of_group) - len(group),
+        'baseline_quality': 100 * _mean([r.baseline_quality for r in group]),
+        'pasta_quality': 100 * _mean([r.pasta_quality for r in group]),
+        'baseline_tokens': _mean([r.baseline_tokens for r in group]),
+        'pasta_tokens': _mean([r.pasta_tokens for r in group]),
+        'pasta_steps': _mean([r.pasta_steps for r in group]),
         'theoretical_speedup': theoretical,
         'wallclock_speedup': wallclock,
         'end_to_end_speedup': geomean([r.end_to_end_speedup for r in group]),
@@ -108,12 +138,19 @@ def markdown_table(summary: dict[str, dict[str, float]]) -> str:
            '| end-to-end speedup | parallelism |', '|' + '---|' * 11]
   for name, s in summary.items():
     lines.append(
-        f'| {name} | {s["prompts"]} | {s["baseline_quality"]:.1f} | {s["pasta_quality"]:.1f} | '
+        f'| {name} | {_prompts_cell(s)} | {s["baseline_quality"]:.1f} | '
+        f'{s["pasta_quality"]:.1f} | '
         f'{s["baseline_tokens"]:.1f} / {s["pasta_tokens"]:.1f} | {s["pasta_steps"]:.1f} | '
         f'{s["theoretical_speedup"]:.2f}x | {s["wallclock_speedup"]:.2f}x | '
         f'{s["realised_over_theoretical"]:.2f} | {s["end_to_end_speedup"]:.2f}x | '
         f'{s["parallelism"]:.2f} |')
   return '\n'.join(lines)
+
+
+def _prompts_cell(s: Mapping[str, float]) -> str:
+  """'4', or '4 (1 too long)' when some were not decoded."""
+  skipped = s.get('prompt_too_long', 0)
+  return f'{s["prompts"]} ({skipped} too long)' if skipped else f'{s["prompts"]}'
 
 
 def _check(family: str, facts: str, text: str) -> float:
@@ -129,8 +166,11 @@ def evaluate(pasta, baseline, source, *, num_prompts: int | None = None,
   Args:
     pasta, baseline: `interpreter.Interpreter`s (the baseline in sequential mode).
     source: random-access records with prompt, family and facts.
-    num_prompts: the first N records (None: all).
+    num_prompts: the first N records (None: all; else >= 1).
     progress: whether to show a tqdm bar of the prompts done (on stderr).
+
+  A prompt longer than either interpreter takes gets a 'prompt_too_long' row
+  (see the module docstring); the others decode as they would without it.
   """
   return evaluate_many({'pasta': pasta}, baseline, source, num_prompts=num_prompts,
                        progress=progress)['pasta']
@@ -144,17 +184,25 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
   The baseline decodes each prompt once; every PASTA interpreter decodes it right
   after, so all timings of a prompt are taken side by side.
   """
+  if num_prompts is not None and num_prompts < 1:
+    raise ValueError(f'num_prompts={num_prompts}: expected an int >= 1 (None: all)')
   total = len(source) if num_prompts is None else min(num_prompts, len(source))
   warmed: set[tuple[int, int]] = set()
   rows: dict[str, list[PromptResult]] = {name: [] for name in pastas}
 
   def timed(interp, prompt):
     ids = encoding.encode_prompt(prompt, interp.tokenizer, interp.template)
-    key = (id(interp), interp.bucket(len(ids)))
-    if key not in warmed:  # compile this bucket outside the timing
-      interp.generate_timed(ids)
-      warmed.add(key)
+    if len(ids) <= interp.max_prompt_tokens:
+      key = (id(interp), interp.bucket(len(ids)))
+      if key not in warmed:  # compile this bucket outside the timing
+        interp.generate_timed(ids)
+        warmed.add(key)
     return interp.generate_timed(ids)
+
+  def quality(result, family, facts):
+    if result.status == results_lib.PROMPT_TOO_LONG:
+      return float('nan')
+    return _check(family, facts, result.text)
 
   for i in tqdm_auto.trange(total, desc='evaluating', unit='prompt', disable=not progress):
     record = source[i]
@@ -166,14 +214,17 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
       result, pasta_t = timed(pasta, prompt)
       rows[name].append(PromptResult(
           prompt=prompt, family=family, baseline_text=base.text,
-          baseline_quality=_check(family, facts, base.text),
+          baseline_quality=quality(base, family, facts),
           baseline_tokens=base.total_tokens, baseline_decode_seconds=base_t.decode_seconds,
           baseline_prefill_seconds=base_t.prefill_seconds,
           pasta_text=result.text, pasta_annotated=result.annotated,
-          pasta_quality=_check(family, facts, result.text), pasta_tokens=result.total_tokens,
+          pasta_quality=quality(result, family, facts), pasta_tokens=result.total_tokens,
           pasta_steps=result.steps, pasta_decode_seconds=pasta_t.decode_seconds,
           pasta_prefill_seconds=pasta_t.prefill_seconds, pasta_status=result.status,
-          baseline_status=base.status, timeline=[list(t) for t in result.timeline]))
+          baseline_status=base.status, timeline=[list(t) for t in result.timeline],
+          detail='; '.join(f'{who}: {r.detail}' for who, r in (('PASTA', result),
+                                                                ('sequential', base))
+                           if r.detail)))
   return rows
 
 
@@ -245,12 +296,14 @@ def write_outputs(rows: Sequence[PromptResult], summary: dict, out_dir: str, *,
   paths['table'] = os.path.join(out_dir, 'table.md')
   with open(paths['table'], 'w', encoding='utf-8') as f:
     f.write(markdown_table(summary) + '\n')
-  paths.update(plots(rows, summary, out_dir))
+  if any(r.decoded for r in rows):
+    paths.update(plots([r for r in rows if r.decoded], summary, out_dir))
   return paths
 
 
 def plots(rows: Sequence[PromptResult], summary: dict, out_dir: str) -> dict[str, str]:
-  """PNG plots: the Pareto view, the speedup distribution, one thread timeline."""
+  """PNG plots: the Pareto view, the speedup distribution, one thread timeline
+  (of decoded rows)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top

@@ -7,17 +7,27 @@ Prints each answer with one colour per thread (in a terminal), the threads one
 per line, and the counts (rounds, tokens, parallelism). `--trace out.json` writes
 everything (annotated document, per-thread tokens, the round-by-round timeline)
 as JSON. A run trained in sequential mode decodes sequentially.
+
+A prompt longer than the model takes (its largest prompt bucket, at most
+--cache_size) is not decoded: it is reported with `status prompt_too_long` and
+what would fit, the other prompts decode as they would without it, and a
+warning on stderr counts them (exit status 0; 3 when no prompt fits). Bad flags
+and unreadable prompt files end with one `error: ...` line (docs/training.md,
+"Bad input").
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
 
+from pasta_jax import cli
+from pasta_jax import errors
 from pasta_jax import thread_colors
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
@@ -25,10 +35,14 @@ _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest
 _PROMPTS = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeatable).')
 _PROMPTS_FILE = flags.DEFINE_string('prompts_file', None, 'A file with one prompt per line.')
 _TEMPERATURE = flags.DEFINE_float('temperature', 0.0, '0 = greedy.')
-_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling threshold (with --temperature).')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling threshold in (0, 1] '
+                            '(with --temperature > 0).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Request i samples with seed + i.')
 _SLOTS = flags.DEFINE_integer('slots', None, 'Thread slots (default: the run config).')
 _MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Decode rounds per request.')
+_CACHE_SIZE = flags.DEFINE_integer(
+    'cache_size', None, 'KV-cache entries per request, prompt included (default: the run '
+    'config); it bounds the prompt length.')
 _TRACE = flags.DEFINE_string('trace', None, 'Write a JSON trace here.')
 _COLOR = flags.DEFINE_enum('color', 'auto', ['auto', 'always', 'never'], 'Thread colours.')
 
@@ -49,6 +63,9 @@ def coloured_answer(result, color: bool) -> str:
 
 
 def report(result, tokenizer, color: bool) -> str:
+  """What the CLI prints for one result."""
+  if result.detail:  # not decoded
+    return f'prompt: {result.prompt}\nstatus {result.status}: {result.detail}'
   lines = [f'prompt: {result.prompt}', 'answer:', coloured_answer(result, color), '']
   for span in result.threads:
     name = 'main' if span.thread == 0 else f'thread {span.thread}'
@@ -65,13 +82,54 @@ def report(result, tokenizer, color: bool) -> str:
 
 def trace(result) -> dict:
   return {
-      'prompt': result.prompt, 'status': result.status, 'text': result.text,
+      'prompt': result.prompt, 'status': result.status, 'detail': result.detail,
+      'prompt_tokens': result.prompt_tokens, 'text': result.text,
       'annotated': result.annotated, 'ids': list(result.ids), 'steps': result.steps,
       'total_tokens': result.total_tokens, 'parallelism': result.parallelism,
       'threads': [{'thread': s.thread, 'tokens': list(s.tokens), 'first_round': s.first_round,
                    'last_round': s.last_round} for s in result.threads],
       'timeline': [{'round': r, 'thread': t, 'token': k} for r, t, k in result.timeline],
   }
+
+
+def read_prompts(path: str) -> list[str]:
+  """The non-blank lines of a prompts file (DataError naming the file, and the
+  line for text that is not UTF-8)."""
+  try:
+    with open(path, 'rb') as f:
+      raw = f.read()
+  except OSError as e:
+    raise errors.DataError(f'--prompts_file {path}: cannot read it ({e.strerror or e}); '
+                           'give a text file with one prompt per line') from None
+  prompts = []
+  for number, line in enumerate(raw.split(b'\n'), 1):
+    try:
+      text = line.decode('utf-8')
+    except UnicodeDecodeError as e:
+      raise errors.DataError(f'--prompts_file {path}, line {number}: not UTF-8 text (byte '
+                             f'{line[e.start]:#04x} at column {e.start + 1}); save the file '
+                             'as UTF-8') from None
+    if text.strip():
+      prompts.append(text.rstrip('\r'))
+  return prompts
+
+
+def check_flags(num_prompts: int) -> None:
+  """UsageError for a sampling or decoding flag out of range (before any loading)."""
+  from pasta_jax.interpreter import sampling  # pylint: disable=g-import-not-at-top
+  try:
+    sampling.check_settings(_TEMPERATURE.value, _TOP_P.value)
+  except ValueError as e:
+    raise errors.UsageError(f'--{e}') from None
+  cli.check_positive(_SLOTS, _MAX_STEPS)
+  if _CACHE_SIZE.value is not None:
+    cli.check_flag(_CACHE_SIZE, _CACHE_SIZE.value >= 2, 'an int >= 2')
+  if _TRACE.value:
+    folder = os.path.dirname(os.path.abspath(_TRACE.value))
+    cli.check_flag(_TRACE, os.path.isdir(folder) and not os.path.isdir(_TRACE.value),
+                   f'a file path in an existing directory ({folder})')
+  cli.check_flag(_SEED, 0 <= _SEED.value <= 2**32 - num_prompts,
+                 f'an int in [0, {2**32 - num_prompts}] (request i uses seed + i)')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -81,20 +139,30 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('--workdir is required')
   prompts = list(_PROMPTS.value)
   if _PROMPTS_FILE.value:
-    with open(_PROMPTS_FILE.value, encoding='utf-8') as f:
-      prompts += [line.rstrip('\n') for line in f if line.strip()]
+    prompts += read_prompts(_PROMPTS_FILE.value)
   if not prompts:
     raise app.UsageError('give at least one --prompt or a --prompts_file')
+  check_flags(len(prompts))
   from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   from pasta_jax.runs import load_run  # pylint: disable=g-import-not-at-top
   run = load_run(_WORKDIR.value, _STEP.value)
-  overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value))
-               if v is not None}
+  overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
+                                 ('cache_size', _CACHE_SIZE.value)) if v is not None}
   if overrides.get('slots') == 1:
     overrides['mode'] = 'sequential'
-  interp = Interpreter.from_run(run, **overrides)
+  if _TOP_P.value < 1:
+    overrides['use_top_p'] = True  # the nucleus cut is compiled in only when asked for
+  try:
+    interp = Interpreter.from_run(run, **overrides)
+  except errors.UserError:
+    raise
+  except ValueError as e:  # e.g. --slots or --cache_size that the run's settings reject
+    raise errors.UsageError(str(e)) from None
   results = interp.generate(prompts, temperature=_TEMPERATURE.value, top_p=_TOP_P.value,
                             seed=_SEED.value)
+  skipped = [r for r in results if r.detail]
+  if len(skipped) == len(results):
+    raise errors.DataError(f'no prompt was decoded: {skipped[0].detail}')
   color = {'always': True, 'never': False}.get(_COLOR.value, sys.stdout.isatty())
   for result in results:
     print(report(result, run.tokenizer, color))
@@ -104,7 +172,10 @@ def main(argv: Sequence[str]) -> None:
       json.dump({'workdir': _WORKDIR.value, 'step': run.step,
                  'results': [trace(r) for r in results]}, f, indent=1)
     print(f'trace written to {_TRACE.value}')
+  if skipped:
+    print(f'warning: {len(skipped)} of {len(results)} prompts were too long and not decoded '
+          '(status prompt_too_long above)', file=sys.stderr)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -20,15 +20,26 @@ Several PASTA runs (e.g. the position-strategy ablation) are compared in one pas
 The baseline decodes each prompt once and every PASTA run decodes it right after.
 Each run gets the outputs above in --out/NAME; --out itself gets comparison.md (one
 row per run, printed too) and pareto.png (one point per run).
+
+A prompt longer than a model takes (its largest prompt bucket, at most
+--cache_size) is not decoded: its row in results.json has status
+'prompt_too_long' and a `detail`, the table counts it ("4 (1 too long)") and
+leaves it out of the means, and a warning on stderr says how many there were. If
+no prompt fits, nothing is written (exit status 3). Bad flags exit with status 2
+before anything is decoded (docs/training.md, "Bad input").
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 from absl import app
 from absl import flags
+
+from pasta_jax import cli
+from pasta_jax import errors
 
 _PASTA = flags.DEFINE_list(
     'pasta', None, 'Workdir(s) of PASTA training runs: DIR or NAME=DIR, comma separated.')
@@ -57,9 +68,9 @@ def parse_runs(values: Sequence[str]) -> dict[str, str]:
     if not sep:
       name, path = os.path.basename(os.path.normpath(value)), value
     if not name or not path:
-      raise app.UsageError(f'--pasta entry {value!r}: expected DIR or NAME=DIR')
+      raise errors.UsageError(f'--pasta entry {value!r}: expected DIR or NAME=DIR')
     if name in runs:
-      raise app.UsageError(f'--pasta: two runs are named {name!r}; name them NAME=DIR')
+      raise errors.UsageError(f'--pasta: two runs are named {name!r}; name them NAME=DIR')
     runs[name] = path
   return runs
 
@@ -70,6 +81,11 @@ def main(argv: Sequence[str]) -> None:
   if not (_PASTA.value and _SEQUENTIAL.value and _OUT.value):
     raise app.UsageError('--pasta, --sequential and --out are required')
   runs = parse_runs(_PASTA.value)
+  cli.check_positive(_NUM_PROMPTS, _SLOTS, _MAX_STEPS)
+  if _CACHE_SIZE.value is not None:
+    cli.check_flag(_CACHE_SIZE, _CACHE_SIZE.value >= 2, 'an int >= 2')
+  cli.check_flag(_OUT, not os.path.exists(_OUT.value) or os.path.isdir(_OUT.value),
+                 'a directory (this is a file)')
   from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
   from pasta_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
   overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
@@ -79,17 +95,23 @@ def main(argv: Sequence[str]) -> None:
       try:
         overrides[flag.name] = tuple(int(v) for v in flag.value)
       except ValueError as e:
-        raise app.UsageError(f'--{flag.name}: expected integers, got {flag.value}') from e
+        raise errors.UsageError(f'--{flag.name}: expected integers, got {flag.value}') from e
   try:
     pastas, baseline, pasta_runs = comparison.load_runs(list(runs.values()),
                                                         _SEQUENTIAL.value, **overrides)
+  except errors.UserError:
+    raise
   except ValueError as e:  # a run of the wrong mode, or interpreter settings out of range
-    raise app.UsageError(str(e)) from e
+    raise errors.UsageError(str(e)) from e
   source = sources_lib.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
+  if not len(source):  # pylint: disable=g-explicit-length-test
+    raise errors.DataError(f'split {_SPLIT.value!r} of the dataset has no prompts; choose '
+                           'another with --split')
   rows = comparison.evaluate_many(dict(zip(runs, pastas)), baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,
                                   progress=True)
   summaries = {name: comparison.summarize(rows[name]) for name in runs}
+  _check_decoded(rows)
   if len(runs) == 1:
     summary = summaries[next(iter(runs))]
     paths = comparison.write_outputs(rows[next(iter(runs))], summary, _OUT.value)
@@ -112,5 +134,20 @@ def main(argv: Sequence[str]) -> None:
   print('\n' + '\n'.join(f'{name}: {path}' for name, path in paths.items()))
 
 
+def _check_decoded(rows: dict) -> None:
+  """DataError when a run decoded no prompt; a warning on stderr when some were not."""
+  split = f'split {_SPLIT.value!r}'
+  for name, run_rows in rows.items():
+    skipped = [r for r in run_rows if not r.decoded]
+    if not skipped:
+      continue
+    run = f'{name}: ' if len(rows) > 1 else ''
+    if len(skipped) == len(run_rows):
+      raise errors.DataError(f'{run}none of the {len(run_rows)} prompts of {split} was '
+                             f'decoded (prompt_too_long); the first: {skipped[0].detail}')
+    print(f'warning: {run}{len(skipped)} of {len(run_rows)} prompts of {split} were too '
+          'long and not decoded (status prompt_too_long in results.json, counted apart in '
+          f'the table); the first: {skipped[0].detail}', file=sys.stderr)
+
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

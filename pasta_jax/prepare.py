@@ -25,7 +25,9 @@ from ml_collections import config_flags
 import numpy as np
 from tqdm import auto as tqdm_auto
 
+from pasta_jax import cli
 from pasta_jax import config as config_lib
+from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax import layout
 from pasta_jax import thread_colors
@@ -159,8 +161,13 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if _CONFIG.value is None or _WORKDIR.value is None:
     raise app.UsageError('--config and --workdir are required')
+  try:
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+  except (FileExistsError, NotADirectoryError, PermissionError) as e:
+    raise errors.UsageError(f'--workdir {_WORKDIR.value}: cannot make it a directory '
+                            f'({e.strerror}); choose another') from None
   prepare(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pasta_jax import cli
+from pasta_jax import errors
 from pasta_jax import layout
 from pasta_jax import models
 from pasta_jax import tokenizer as tokenizer_lib
@@ -183,7 +185,14 @@ def cache_entries(tok, count=500):
 
 
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  unknown = sorted(set(_PRESETS.value) - set(models.PRESETS))
+  if unknown:
+    raise errors.UsageError(f'--presets: unknown presets {unknown}; presets: '
+                            f'{sorted(models.PRESETS)}')
+  cli.check_positive(_TOKENS, _RUNS)
+  cli.check_flag(_SLOTS, _SLOTS.value >= 2, 'an int >= 2')
   tok = _tokenizer()
   print(f'jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} device(s)\n')
   for preset in _PRESETS.value:
@@ -214,4 +223,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

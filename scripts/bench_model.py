@@ -24,6 +24,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from pasta_jax import cli
 from pasta_jax import masks
 from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import config as config_lib
@@ -106,12 +107,18 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   batch, seq_len, cache_len, runs = (_BATCH.value, _SEQ_LEN.value, _CACHE_LEN.value,
                                      _RUNS.value)
+  cli.check_positive(_BATCH, _SEQ_LEN, _CACHE_LEN, _RUNS)
   names = [n for n in _PRESETS.value.split(',') if n]
   unknown = sorted(set(names) - set(config_lib.PRESETS))
   if unknown:
     raise app.UsageError(f'unknown presets {unknown}; presets: '
                          f'{sorted(config_lib.PRESETS)}')
-  decode_batches = tuple(int(b) for b in _DECODE_BATCHES.value.split(','))
+  try:
+    decode_batches = tuple(int(b) for b in _DECODE_BATCHES.value.split(','))
+  except ValueError:
+    decode_batches = ()
+  cli.check_flag(_DECODE_BATCHES, bool(decode_batches) and min(decode_batches) >= 1,
+                 'comma-separated ints >= 1')
 
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{os.cpu_count()} CPUs; forward [B={batch}, T={seq_len}], '
@@ -143,4 +150,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

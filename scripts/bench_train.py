@@ -32,11 +32,14 @@ from absl import flags
 import jax
 import numpy as np
 
+from pasta_jax import cli
 from pasta_jax import config as config_lib
+from pasta_jax import errors
 from pasta_jax import masks
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import pipeline
 from pasta_jax.data import synthetic
+from pasta_jax.models import config as model_configs
 from pasta_jax.models import transformer
 from pasta_jax.training import partitioning
 from pasta_jax.training import state as state_lib
@@ -122,7 +125,13 @@ def bench(preset: str, batch: dict, vocab: int, runs: int) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  unknown = sorted(set(n for n in _PRESETS.value.split(',') if n) - set(model_configs.PRESETS))
+  if unknown:
+    raise errors.UsageError(f'--presets: unknown presets {unknown}; presets: '
+                            f'{sorted(model_configs.PRESETS)}')
+  cli.check_positive(_BATCH, _SEQ_LEN, _RUNS, _PIPELINE_BATCHES)
   records, tok = synthetic_records()
   batch, feed = bench_pipeline(records, tok, batch=_BATCH.value, seq_len=_SEQ_LEN.value,
                                workers=_WORKERS.value, batches=_PIPELINE_BATCHES.value)
@@ -147,4 +156,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  app.run(main)
+  cli.run(main)

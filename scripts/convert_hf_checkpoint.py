@@ -13,21 +13,27 @@ config.json, every tensor name and shape), or the script stops with one error
 listing every difference; without it the config comes from config.json.
 --trim_vocab keeps the first vocab_size embedding rows of a larger table (e.g. a
 multimodal Gemma 3 checkpoint's image tokens).
+
+Mistakes end with `error: ...` and an exit status (docs/models.md): 2 for a flag
+(a non-empty --out_dir, an unknown --param_dtype), 4 for the checkpoint (no such
+directory, no or malformed config.json, an unsupported architecture, missing or
+damaged safetensors files, tensors that do not match). --verbose adds the
+traceback.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Sequence
 
 from absl import app
 from absl import flags
+import jax.numpy as jnp
 
+from pasta_jax import cli
 from pasta_jax.models import checkpoint
 from pasta_jax.models import config as config_lib
 from pasta_jax.models import hf
-from pasta_jax.models import hf_config
 
 _HF_DIR = flags.DEFINE_string('hf_dir', None, 'Hugging Face checkpoint directory.')
 _OUT_DIR = flags.DEFINE_string('out_dir', None,
@@ -48,12 +54,21 @@ def main(argv: Sequence[str]) -> None:
   if not (_HF_DIR.value and _OUT_DIR.value):
     raise app.UsageError('--hf_dir and --out_dir are required')
   hf_dir, out_dir = _HF_DIR.value, _OUT_DIR.value
-  overrides = {'param_dtype': _PARAM_DTYPE.value} if _PARAM_DTYPE.value else {}
+  fresh = not os.path.exists(out_dir) or (os.path.isdir(out_dir) and not os.listdir(out_dir))
+  cli.check_flag(_OUT_DIR, fresh, 'a new or empty directory (this one is not empty: remove '
+                 'it or choose another)')
+  overrides = {}
+  if _PARAM_DTYPE.value:
+    try:
+      floating = jnp.issubdtype(jnp.dtype(_PARAM_DTYPE.value), jnp.floating)
+    except TypeError:
+      floating = False
+    cli.check_flag(_PARAM_DTYPE, floating, 'a float dtype: float32, bfloat16 or float16')
+    overrides['param_dtype'] = _PARAM_DTYPE.value
   if _PRESET.value:
     config = config_lib.get_config(_PRESET.value, **overrides)
   else:
-    with open(os.path.join(hf_dir, hf.CONFIG_FILE)) as f:
-      config = hf_config.config_from_hf(json.load(f), **overrides)
+    _, config = hf.config_from_dir(hf_dir, **overrides)
   config, params = hf.load_hf_checkpoint(hf_dir, config,
                                          trim_vocab=_TRIM_VOCAB.value)
   checkpoint.save_converted(out_dir, params, config)
@@ -62,4 +77,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

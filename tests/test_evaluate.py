@@ -13,10 +13,14 @@ import pytest
 
 from pasta_jax import comparison
 from pasta_jax import lang
+from pasta_jax import models
 from pasta_jax.data import sources as sources_lib
+from pasta_jax.data import synthetic
+from pasta_jax.interpreter import Interpreter, InterpreterConfig
 from pasta_jax.training import loop
 
 from configs import synth
+from tests import fixtures
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
@@ -177,14 +181,20 @@ def test_decode_cli_prints_threads_and_writes_a_trace(runs, tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'pasta_jax.decode', f'--workdir={pasta_dir}',
        '--prompt=do each: a) spell owl', '--prompt=sort: 3 1 2', '--max_steps=24',
-       '--color=always', f'--trace={trace}'],
+       f'--prompt={"word " * 200}', '--cache_size=128', '--color=always', f'--trace={trace}'],
       capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.count('prompt: ') == 2
+  assert result.stdout.count('prompt: ') == 3
   assert re.search(r'main\S* rounds +1-', result.stdout), result.stdout
   assert '\033[' in result.stdout  # thread colours
+  # The over-long prompt is reported; the other two decoded.
+  assert re.search(r'\nstatus prompt_too_long: the prompt has \d+ tokens, more than the '
+                   r'128 this interpreter takes', result.stdout), result.stdout
+  assert 'warning: 1 of 3 prompts were too long and not decoded' in result.stderr
   data = json.loads(trace.read_text())
-  assert len(data['results']) == 2
+  assert len(data['results']) == 3
+  assert data['results'][2]['status'] == 'prompt_too_long'
+  assert data['results'][2]['prompt_tokens'] > 128 and data['results'][2]['detail']
   first = data['results'][0]
   assert first['status'] in ('done', 'budget', 'cache_full')
   assert len(first['timeline']) == first['total_tokens']
@@ -199,3 +209,60 @@ def test_decode_cli_errors():
   result = subprocess.run([sys.executable, '-m', 'pasta_jax.decode', '--workdir=/tmp'],
                           capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and 'at least one --prompt' in result.stderr
+
+
+@pytest.fixture(scope='module')
+def random_pair():
+  """A PASTA and a sequential interpreter over one tiny random model (no training)."""
+  previous = jax.config.read('jax_disable_most_optimizations')
+  jax.config.update('jax_disable_most_optimizations', True)
+  tok = fixtures.synthetic_tokenizer(300)
+  config = models.get_config('tiny', vocab_size=tok.vocab_size)
+  params = models.init_params(config, jax.random.key(0))
+  pasta = Interpreter(config, params, tok, InterpreterConfig(
+      slots=2, max_threads=2, cache_size=64, max_steps=8))
+  baseline = Interpreter(config, params, tok, InterpreterConfig(
+      mode='sequential', slots=1, cache_size=64, max_steps=8))
+  yield pasta, baseline
+  jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def test_an_over_long_prompt_is_counted_apart(random_pair, tmp_path):
+  pasta, baseline = random_pair
+  examples = list(synthetic.generate('test', 2))
+  record = lambda prompt, e: {'prompt': prompt.encode(), 'family': e.family.encode(),
+                              'facts': e.facts.encode()}
+  good = [record(e.prompt, e) for e in examples]
+  source = [good[0], record('word ' * 80, examples[0]), good[1]]
+  rows = comparison.evaluate(pasta, baseline, source)
+  alone = comparison.evaluate(pasta, baseline, good)
+  bad = rows[1]
+  assert (bad.pasta_status, bad.baseline_status) == ('prompt_too_long',) * 2
+  assert not bad.decoded and bad.pasta_tokens == 0
+  assert bad.detail.startswith('PASTA: the prompt has ') and '; sequential: ' in bad.detail
+  assert 'more than the 64 this interpreter takes' in bad.detail
+  assert bad.wallclock_speedup != bad.wallclock_speedup  # NaN, not a division by zero
+  keep = ('pasta_text', 'pasta_tokens', 'pasta_steps', 'pasta_status', 'baseline_text',
+          'baseline_tokens', 'baseline_status', 'timeline', 'pasta_quality')
+  for got, want in zip([rows[0], rows[2]], alone):
+    assert got.decoded and got.detail == ''
+    assert {k: getattr(got, k) for k in keep} == {k: getattr(want, k) for k in keep}
+  summary, summary_alone = comparison.summarize(rows), comparison.summarize(alone)
+  assert (summary['all']['prompts'], summary['all']['decoded'],
+          summary['all']['prompt_too_long']) == (3, 2, 1)
+  for key in ('pasta_tokens', 'baseline_tokens', 'pasta_steps', 'theoretical_speedup',
+              'pasta_quality'):
+    assert summary['all'][key] == pytest.approx(summary_alone['all'][key], nan_ok=True)
+  assert '| all | 3 (1 too long) |' in comparison.markdown_table(summary)
+  paths = comparison.write_outputs(rows, summary, str(tmp_path))
+  with open(paths['results']) as f:
+    saved = json.load(f)
+  assert [p['pasta_status'] for p in saved['prompts']][1] == 'prompt_too_long'
+  assert saved['summary']['all']['prompt_too_long'] == 1
+
+
+def test_no_prompts_is_refused_and_an_empty_summary_has_all():
+  with pytest.raises(ValueError, match='num_prompts=0: expected an int >= 1'):
+    comparison.evaluate_many({}, None, [], num_prompts=0)
+  summary = comparison.summarize([])
+  assert list(summary) == ['all'] and summary['all']['prompts'] == 0

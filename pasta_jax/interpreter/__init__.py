@@ -12,7 +12,9 @@ per-slot logit masks, `sampling` the samplers, `api` the host-level API and
 `results` what it returns.
 """
 
-from pasta_jax.interpreter.api import Batch, Interpreter, Result, ThreadSpan, Timing
+from pasta_jax.interpreter.api import (Batch, Interpreter, PromptTooLongError, Result,
+                                      ThreadSpan, Timing)
 from pasta_jax.interpreter.config import InterpreterConfig
 
-__all__ = ['Batch', 'Interpreter', 'InterpreterConfig', 'Result', 'ThreadSpan', 'Timing']
+__all__ = ['Batch', 'Interpreter', 'InterpreterConfig', 'PromptTooLongError', 'Result',
+           'ThreadSpan', 'Timing']

@@ -8,7 +8,10 @@
     results[0].steps, results[0].total_tokens, results[0].parallelism
 
 Prompts are padded to a few length buckets, so one compilation serves every
-prompt of a bucket; the whole generation of a batch is one jitted call.
+prompt of a bucket; the whole generation of a batch is one jitted call. A prompt
+longer than the largest bucket (`max_prompt_tokens`, at most the cache size) is
+not decoded: its result has status 'prompt_too_long' and a `detail` saying what
+would fit, and the other prompts decode as they would without it.
 
 Below `generate` the programs are public one by one: `prepare` pads prompts and
 makes their requests (a `Batch`), `generate_batch` runs the whole generation of a
@@ -32,6 +35,7 @@ from pasta_jax.data import encoding
 from pasta_jax.interpreter import engine as engine_lib
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter import results as results_lib
+from pasta_jax.interpreter import sampling
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.interpreter.results import Result, ThreadSpan, Timing
 from pasta_jax.interpreter.state import RUNNING, Requests, State, no_forcing
@@ -43,7 +47,9 @@ from pasta_jax.models.config import TransformerConfig
 if TYPE_CHECKING:
   from pasta_jax import runs
 
-__all__ = ['Batch', 'Interpreter', 'Result', 'ThreadSpan', 'Timing']
+__all__ = ['Batch', 'Interpreter', 'PromptTooLongError', 'Result', 'ThreadSpan', 'Timing']
+
+PromptTooLongError = results_lib.PromptTooLongError
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
 
@@ -96,7 +102,8 @@ class Interpreter:
     self.tokenizer = tok
     self.config = config
     self.template = template
-    self.buckets = tuple(sorted(b for b in buckets if b <= config.cache_size))
+    self._all_buckets = tuple(sorted(buckets))
+    self.buckets = tuple(b for b in self._all_buckets if b <= config.cache_size)
     if not self.buckets:
       raise ValueError(f'no prompt bucket fits the cache of {config.cache_size} entries')
     self.mesh = mesh
@@ -199,12 +206,30 @@ class Interpreter:
   def encode_prompts(self, prompts: Sequence[str]) -> list[np.ndarray]:
     return [encoding.encode_prompt(p, self.tokenizer, self.template) for p in prompts]
 
+  @property
+  def max_prompt_tokens(self) -> int:
+    """The longest prompt (in tokens) a request takes: the largest bucket."""
+    return self.buckets[-1]
+
   def bucket(self, length: int) -> int:
+    """The bucket a prompt of `length` tokens is padded to (PromptTooLongError
+    when there is none)."""
     for size in self.buckets:
       if length <= size:
         return size
-    raise ValueError(f'a prompt of {length} tokens is longer than the largest bucket '
-                     f'{self.buckets[-1]} (cache_size {self.config.cache_size})')
+    raise PromptTooLongError(self.too_long_detail(length))
+
+  def too_long_detail(self, length: int) -> str:
+    """Why a prompt of `length` tokens is not decoded, and what would take it."""
+    limit = self.max_prompt_tokens
+    text = (f'the prompt has {length} tokens, more than the {limit} this interpreter takes '
+            f'(its largest prompt bucket within cache_size={self.config.cache_size})')
+    wider = [b for b in self._all_buckets if b >= length]
+    if wider:
+      return (f'{text}; a cache_size of at least {wider[0]} plus room for the answer takes '
+              'it (--cache_size, or the config key interpreter.cache_size)')
+    return (f'{text}; no prompt bucket holds it (Interpreter(buckets=...) sets them): '
+            'shorten the prompt')
 
   def prepare(self, prompts: Sequence[str] | Sequence[np.ndarray], *,
               temperature: float | Sequence[float] = 0.0,
@@ -220,6 +245,7 @@ class Interpreter:
     thread's sampled tokens (-1 = sample), for tests and replay; `logit_bias`
     {token id: value} is added to every request's logits before sampling.
     """
+    sampling.check_settings(temperature, top_p)
     ids = [self.encode_prompts([p])[0] if isinstance(p, str) else p for p in prompts]
     n = len(ids)
     lengths = np.array([len(x) for x in ids], np.int32)
@@ -230,6 +256,8 @@ class Interpreter:
     for i, x in enumerate(ids):
       padded[i, :len(x)] = x
     seeds = list(range(n)) if seeds is None else list(seeds)
+    if any(not 0 <= int(s) < 2**32 for s in seeds):
+      raise ValueError(f'seeds must be in [0, 2**32), got {seeds}')
     keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     if forced is None:
       forced = no_forcing(n, self.engine.num_thread_ids)
@@ -305,23 +333,34 @@ class Interpreter:
                    forced: np.ndarray | None = None,
                    logit_bias: dict[int, float] | None = None) -> list[Result]:
     """Generates from token ids. `forced` [N, max_threads + 1, F] teacher-forces
-    each thread's sampled tokens (-1 = sample), for tests and replay."""
+    each thread's sampled tokens (-1 = sample), for tests and replay.
+
+    A prompt longer than `max_prompt_tokens` gets a 'prompt_too_long' result;
+    the others decode exactly as they would without it (same batches, seeds).
+    """
+    sampling.check_settings(temperature, top_p)
     n = len(prompt_ids)
     seeds = list(range(n)) if seeds is None else list(seeds)
+    lengths = [len(x) for x in prompt_ids]
+    fits = [i for i in range(n) if lengths[i] <= self.max_prompt_tokens]
     # Batches have a fixed size (given, or the next power of two), padded with
     # copies of their first request, so one compilation serves every batch.
-    batch_size = batch_size or 1 << max(n - 1, 0).bit_length()
+    batch_size = batch_size or 1 << max(len(fits) - 1, 0).bit_length()
     batch_size += -batch_size % self._batch_split
-    results = []
-    for start in range(0, n, batch_size):
-      chunk = list(range(start, min(start + batch_size, n)))
+    results: list[Result | None] = [None] * n
+    for start in range(0, len(fits), batch_size):
+      chunk = fits[start:start + batch_size]
       real = len(chunk)
       chunk += [chunk[0]] * (batch_size - real)
       batch = self.prepare([prompt_ids[i] for i in chunk], temperature=temperature,
                            top_p=top_p, seeds=[seeds[i] for i in chunk],
                            forced=None if forced is None else np.asarray(forced)[chunk],
                            logit_bias=logit_bias)
-      results += self.results(self.generate_batch(batch))[:real]
+      for i, result in zip(chunk[:real], self.results(self.generate_batch(batch))):
+        results[i] = dataclasses.replace(result, prompt_tokens=lengths[i])
+    for i in range(n):
+      if results[i] is None:
+        results[i] = results_lib.prompt_too_long(lengths[i], self.too_long_detail(lengths[i]))
     return results
 
   def generate_timed(self, prompt_ids: np.ndarray, *, seed: int = 0,
@@ -332,11 +371,16 @@ class Interpreter:
     into the first cache stage, then `decode`: the computation `generate` runs
     as one), each timed up to its results being ready on the device;
     tokenization and result assembly are not timed. The first call for a
-    prompt bucket compiles; call once untimed to warm up.
+    prompt bucket compiles; call once untimed to warm up. A prompt longer than
+    `max_prompt_tokens` gets a 'prompt_too_long' result and zero seconds.
     """
     if self._batch_split != 1:
       raise ValueError('generate_timed runs batch 1; use an Interpreter without a '
                        'batch-split mesh')
+    length = len(prompt_ids)
+    if length > self.max_prompt_tokens:
+      return (results_lib.prompt_too_long(length, self.too_long_detail(length)),
+              Timing(prefill_seconds=0.0, decode_seconds=0.0))
     batch = self.prepare([prompt_ids], temperature=temperature, seeds=[seed])
     self.hoisted_params()  # made once per interpreter, like a compilation
     start = time.perf_counter()
@@ -344,8 +388,8 @@ class Interpreter:
     prefilled = time.perf_counter()
     state = jax.block_until_ready(self.decode(state, batch))
     done = time.perf_counter()
-    return self.results(state)[0], Timing(prefill_seconds=prefilled - start,
-                                          decode_seconds=done - prefilled)
+    result = dataclasses.replace(self.results(state)[0], prompt_tokens=length)
+    return result, Timing(prefill_seconds=prefilled - start, decode_seconds=done - prefilled)
 
   def stream(self, prompt: str, *, temperature: float = 0.0, top_p: float = 1.0,
              seed: int = 0, logit_bias: dict[int, float] | None = None

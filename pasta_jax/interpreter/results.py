@@ -12,6 +12,14 @@ from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter.state import BUDGET, RUNNING, STATUS_NAMES, State
 
+# A request the interpreter did not decode: its prompt is longer than the
+# largest prompt bucket (`Interpreter.max_prompt_tokens`).
+PROMPT_TOO_LONG = 'prompt_too_long'
+
+
+class PromptTooLongError(ValueError):
+  """A prompt longer than the interpreter takes; the message says what would fit."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
@@ -41,7 +49,9 @@ class Result:
 
   Attributes:
     prompt: the prompt text (None when generating from ids).
-    status: 'done', 'budget' (max_steps reached) or 'cache_full'.
+    status: 'done', 'budget' (max_steps reached), 'cache_full', or
+      'prompt_too_long' (not decoded: `detail` gives the prompt's length, the
+      limit and the setting that raises it; everything else is empty).
     ids: the response in token form, training layout (each body right after its
       promise; reusable with `layout.pasta_layout`), EOS included when written.
     document: the annotated `lang.Document` (None if a stop cut an element).
@@ -52,6 +62,9 @@ class Result:
     timeline: (round, thread, token) of every sampled token, in sampling order.
     logits: [total_tokens, V] logits each token was sampled from, in timeline
       order (InterpreterConfig.record_logits only).
+    prompt_tokens: the prompt's length in tokens (0 when not known: `results`
+      of a bare `State`).
+    detail: why a request was not decoded ('' when it was).
   """
 
   prompt: str | None
@@ -64,6 +77,8 @@ class Result:
   total_tokens: int
   timeline: tuple[tuple[int, int, int], ...] = ()
   logits: np.ndarray | None = None
+  prompt_tokens: int = 0
+  detail: str = ''
 
   @property
   def annotated(self) -> str | None:
@@ -76,6 +91,13 @@ class Result:
   @property
   def tokens_per_thread(self) -> tuple[int, ...]:
     return tuple(len(t.tokens) for t in self.threads)
+
+
+def prompt_too_long(prompt_tokens: int, detail: str) -> Result:
+  """The result of a request that was not decoded because its prompt is too long."""
+  return Result(prompt=None, status=PROMPT_TOO_LONG, ids=(), document=None, text='',
+                threads=(), steps=0, total_tokens=0, prompt_tokens=prompt_tokens,
+                detail=detail)
 
 
 def from_state(state: State, tok: tokenizer_lib.Tokenizer, tables: grammar.TokenTables, *,

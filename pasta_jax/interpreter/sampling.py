@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 NEG_INF = -jnp.inf
+
+
+def check_settings(temperature: float | Sequence[float] = 0.0,
+                   top_p: float | Sequence[float] = 1.0) -> None:
+  """Raises ValueError unless every temperature is finite and >= 0 and every
+  top_p is in (0, 1]. The message starts with the argument's name and value
+  (`temperature=-1.0: ...`), so a command line can prefix its flag's `--`."""
+  for name, values, ok, expected in (
+      ('temperature', temperature, lambda t: math.isfinite(t) and t >= 0,
+       'a finite number >= 0 (0 = greedy)'),
+      ('top_p', top_p, lambda p: 0 < p <= 1, 'a number in (0, 1] (1 = no nucleus cut)')):
+    for value in np.atleast_1d(np.asarray(values, np.float64)).ravel():
+      if not ok(float(value)):
+        raise ValueError(f'{name}={float(value)!r}: expected {expected}')
 
 
 def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,

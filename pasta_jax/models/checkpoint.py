@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from pasta_jax import errors
 from pasta_jax.models import transformer
 from pasta_jax.models.config import AttentionType, TransformerConfig
 
@@ -39,15 +40,20 @@ CONFIG_FILE = 'config.json'
 PARAMS_DIR = 'params'
 
 
-class CheckpointMismatchError(ValueError):
-  """A checkpoint that does not match the config; lists every difference.
+class CheckpointMismatchError(errors.CheckpointError, ValueError):
+  """A checkpoint that does not match the config; lists the differences.
+
+  The message lists up to `SHOWN` of each kind (the attributes hold them all).
 
   Attributes:
     missing: tensors the config needs that the checkpoint lacks.
     unexpected: tensors of the checkpoint the config has no place for.
     mis_shaped: (name, found shape, expected shape) triples.
     config_fields: (field, checkpoint value, config value) triples.
+    hint: what would fix it, when known ('' otherwise).
   """
+
+  SHOWN = 10
 
   def __init__(self, source: str, missing: Sequence[str] = (),
                unexpected: Sequence[str] = (),
@@ -58,14 +64,21 @@ class CheckpointMismatchError(ValueError):
     self.unexpected = list(unexpected)
     self.mis_shaped = list(mis_shaped)
     self.config_fields = list(config_fields)
+    self.hint = hint
     lines = [f'Checkpoint {source} does not match the model config:']
-    for field, found, expected in self.config_fields:
-      lines.append(f'  config field {field}: checkpoint {found!r}, '
-                   f'config {expected!r}')
-    lines += [f'  missing: {name}' for name in self.missing]
-    lines += [f'  unexpected: {name}' for name in self.unexpected]
-    lines += [f'  mis-shaped: {name}: checkpoint {tuple(found)}, expected '
-              f'{tuple(expected)}' for name, found, expected in self.mis_shaped]
+
+    def listed(kind: str, entries: list[str]) -> None:
+      lines.extend(entries[:self.SHOWN])
+      if len(entries) > self.SHOWN:
+        lines.append(f'  ... and {len(entries) - self.SHOWN} more {kind}')
+
+    listed('config fields', [f'  config field {field}: checkpoint {found!r}, '
+                             f'config {expected!r}'
+                             for field, found, expected in self.config_fields])
+    listed('missing', [f'  missing: {name}' for name in self.missing])
+    listed('unexpected', [f'  unexpected: {name}' for name in self.unexpected])
+    listed('mis-shaped', [f'  mis-shaped: {name}: checkpoint {tuple(found)}, expected '
+                          f'{tuple(expected)}' for name, found, expected in self.mis_shaped])
     if hint:
       lines.append(hint)
     super().__init__('\n'.join(lines))

@@ -10,7 +10,10 @@
 
 A checkpoint that does not fit the config is refused with one
 `checkpoint.CheckpointMismatchError` listing every missing, unexpected and
-mis-shaped tensor and every config field that differs.
+mis-shaped tensor and every config field that differs; one that cannot be read
+(no directory, no or malformed config.json, an unsupported architecture, missing
+or damaged safetensors files) with `HFCheckpointError` naming the file. Both are
+`errors.CheckpointError`s (and ValueErrors).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pasta_jax.models import hf_config
 from pasta_jax.models.checkpoint import (EMBEDDING, CheckpointMismatchError,
                                          architecture_differences)
 from pasta_jax.models.config import TransformerConfig
+from pasta_jax.models.hf_config import HFCheckpointError
 
 CONFIG_FILE = 'config.json'
 SINGLE_FILE = 'model.safetensors'
@@ -131,7 +135,8 @@ def convert_hf_tensors(tensors: Mapping[str, np.ndarray],
   and so are vision tensors of multimodal checkpoints.
   """
   if family not in hf_config.FAMILIES:
-    raise ValueError(f'Unknown Hugging Face family {family!r}')
+    raise HFCheckpointError(f'Unknown Hugging Face family {family!r}; known: '
+                            f'{list(hf_config.FAMILIES)}')
   prefix = next((p for p in _PREFIXES if f'{p}embed_tokens.weight' in tensors),
                 'model.')
   dtype = jnp.dtype(config.param_dtype)
@@ -166,6 +171,42 @@ def convert_hf_tensors(tensors: Mapping[str, np.ndarray],
   return checkpoint.unflatten(params)
 
 
+def read_config(hf_dir: str) -> dict[str, Any]:
+  """The parsed `config.json` of a Hugging Face checkpoint directory."""
+  if not os.path.isdir(hf_dir):
+    raise HFCheckpointError(f'{hf_dir}: no such directory (a Hugging Face checkpoint '
+                            'directory holds config.json and model*.safetensors)')
+  path = os.path.join(hf_dir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise HFCheckpointError(f'{hf_dir} has no {CONFIG_FILE}: not a Hugging Face checkpoint '
+                            'directory (it holds config.json and model*.safetensors)')
+  try:
+    with open(path, encoding='utf-8') as f:
+      hf = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    where = f', line {e.lineno}' if isinstance(e, json.JSONDecodeError) else ''
+    raise HFCheckpointError(f'{path}{where}: not valid JSON ({e}); download the '
+                            'checkpoint again') from None
+  if not isinstance(hf, dict):
+    raise HFCheckpointError(f'{path}: expected a JSON object, got {type(hf).__name__}')
+  return hf
+
+
+def config_from_dir(hf_dir: str, **kwargs: Any) -> tuple[str, TransformerConfig]:
+  """(family, TransformerConfig) of a checkpoint directory's config.json
+  (`hf_config.config_from_hf(hf, **kwargs)`); errors name the file."""
+  path = os.path.join(hf_dir, CONFIG_FILE)
+  hf = read_config(hf_dir)
+  try:
+    family, _ = hf_config.hf_text_config(hf)
+    return family, hf_config.config_from_hf(hf, **kwargs)
+  except HFCheckpointError as e:
+    raise HFCheckpointError(f'{path}: {e}') from None
+  except (KeyError, TypeError, ValueError) as e:  # a value of the wrong type or form
+    raise HFCheckpointError(f'{path}: not a Gemma config this converter reads '
+                            f'({type(e).__name__}: {e})') from None
+
+
 def load_hf_checkpoint(hf_dir: str, config: TransformerConfig | None = None, *,
                        trim_vocab: bool = False):
   """(config, params) from a Hugging Face checkpoint directory.
@@ -175,20 +216,26 @@ def load_hf_checkpoint(hf_dir: str, config: TransformerConfig | None = None, *,
   tensor name and shape, or one CheckpointMismatchError lists all differences.
   The params are numpy arrays in config.param_dtype.
   """
-  with open(os.path.join(hf_dir, CONFIG_FILE)) as f:
-    hf = json.load(f)
-  family, _ = hf_config.hf_text_config(hf)
   if config is None:
-    config = hf_config.config_from_hf(hf)
+    family, config = config_from_dir(hf_dir)
     differences = []
   else:
-    found = hf_config.config_from_hf(
-        hf, transpose_gating_einsum=config.transpose_gating_einsum,
+    family, found = config_from_dir(
+        hf_dir, transpose_gating_einsum=config.transpose_gating_einsum,
         param_dtype=config.param_dtype, dtype=config.dtype)
     differences = architecture_differences(found, config, trim_vocab=trim_vocab)
   with _open_safetensors(hf_dir) as tensors:
-    params = convert_hf_tensors(tensors, config, family, trim_vocab=trim_vocab,
-                                source=hf_dir, config_fields=differences)
+    try:
+      params = convert_hf_tensors(tensors, config, family, trim_vocab=trim_vocab,
+                                  source=hf_dir, config_fields=differences)
+    except CheckpointMismatchError as e:
+      if not differences:
+        raise
+      raise CheckpointMismatchError(
+          hf_dir, e.missing, e.unexpected, e.mis_shaped, e.config_fields,
+          f'{e.hint} The config given (e.g. a preset) is not the architecture of this '
+          f'checkpoint\'s {CONFIG_FILE}: give the matching one, or none to take it from '
+          f'{CONFIG_FILE}.'.strip()) from None
   return config, params
 
 
@@ -218,36 +265,46 @@ def _open_safetensors(directory: str) -> Iterator[Mapping[str, np.ndarray]]:
   index_path = os.path.join(directory, INDEX_FILE)
   weight_map = None
   if os.path.exists(index_path):
-    with open(index_path) as f:
-      weight_map = json.load(f).get('weight_map')
+    try:
+      with open(index_path, encoding='utf-8') as f:
+        index = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+      raise HFCheckpointError(f'{index_path}: not valid JSON ({e}); download the '
+                              'checkpoint again') from None
+    weight_map = index.get('weight_map') if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
-      raise ValueError(f'{index_path}: no "weight_map" object')
+      raise HFCheckpointError(f'{index_path}: no "weight_map" object')
     paths = [os.path.join(directory, name)
              for name in sorted(set(weight_map.values()))]
+    absent = [os.path.basename(p) for p in paths if not os.path.isfile(p)]
+    if absent:
+      raise HFCheckpointError(f'{index_path} names shards that are not in {directory}: '
+                              f'{absent}; download them too')
   elif os.path.exists(os.path.join(directory, SINGLE_FILE)):
     paths = [os.path.join(directory, SINGLE_FILE)]
   else:
-    raise FileNotFoundError(f'{directory}: neither {SINGLE_FILE} nor '
-                            f'{INDEX_FILE}')
+    raise HFCheckpointError(f'{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} '
+                            '(the weights of a Hugging Face checkpoint)')
   with contextlib.ExitStack() as stack:
     files = {}
     for path in paths:
       try:
         file = stack.enter_context(safetensors.safe_open(path, 'numpy'))
       except safetensors.SafetensorError as e:
-        raise ValueError(f'{path}: not a valid safetensors file: {e}') from None
+        raise HFCheckpointError(f'{path}: not a valid safetensors file: {e}; download it '
+                                'again') from None
       for name in file.keys():
         # The header alone: checked before any tensor is read.
         dtype = file.get_slice(name).get_dtype()
         if dtype not in _DTYPES:
-          raise ValueError(f'{path}: tensor {name!r} has unsupported dtype '
-                           f'{dtype!r}; supported: {sorted(_DTYPES)}')
+          raise HFCheckpointError(f'{path}: tensor {name!r} has unsupported dtype '
+                                  f'{dtype!r}; supported: {sorted(_DTYPES)}')
         if name in files:
-          raise ValueError(f'{directory}: tensor {name!r} is in several shards')
+          raise HFCheckpointError(f'{directory}: tensor {name!r} is in several shards')
         files[name] = file
     if weight_map is not None:
       missing = sorted(set(weight_map) - set(files))
       if missing:
-        raise ValueError(f'{index_path}: tensors listed in the index but in no '
-                         f'shard: {missing}')
+        raise HFCheckpointError(f'{index_path}: tensors listed in the index but in no '
+                                f'shard: {missing}')
     yield _LazyTensors(files)

@@ -3,7 +3,7 @@
 Reads both spellings: `rope_theta`, `rope_local_base_freq`, `rope_scaling`,
 `sliding_window_pattern` (transformers 4.x Hub files) and `rope_parameters`
 (flat, or per layer type), `layer_types` (transformers 5.x). The tensors:
-`pasta_jax.models.hf`.
+`pasta_jax.models.hf`. What it cannot read raises `HFCheckpointError`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 
+from pasta_jax import errors
 from pasta_jax.models import config as config_lib
 from pasta_jax.models.config import AttentionType, TransformerConfig
 
@@ -44,14 +45,19 @@ _LAYER_TYPES = {'sliding_attention': AttentionType.LOCAL_SLIDING,
                 'full_attention': AttentionType.GLOBAL}
 
 
+class HFCheckpointError(errors.CheckpointError, ValueError):
+  """A Hugging Face checkpoint (config.json or tensor files) this converter cannot
+  read: missing, malformed, or of an architecture it does not support."""
+
+
 def hf_text_config(hf: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
   """(model_type, text config) of a Hugging Face config.json dict."""
   model_type = hf.get('model_type')
   if model_type == 'gemma3' and 'text_config' in hf:
     return 'gemma3_text', dict(hf['text_config'])
   if model_type not in _DEFAULTS:
-    raise ValueError(f'Unsupported Hugging Face model_type {model_type!r}; '
-                     f'supported: {sorted(_DEFAULTS)} and gemma3')
+    raise HFCheckpointError(f'Unsupported Hugging Face model_type {model_type!r}; '
+                            f'supported: {sorted(_DEFAULTS)} and gemma3')
   return model_type, dict(hf)
 
 
@@ -61,8 +67,8 @@ def _rope_entry(entry: Mapping[str, Any] | None, what: str):
     return None, 1.0
   rope_type = entry.get('rope_type', entry.get('type', 'default'))
   if rope_type not in ('default', 'linear'):
-    raise ValueError(f'{what}: unsupported rope_type {rope_type!r} (only '
-                     '"default" and "linear")')
+    raise HFCheckpointError(f'{what}: unsupported rope_type {rope_type!r} (only '
+                            '"default" and "linear")')
   factor = float(entry.get('factor', 1.0)) if rope_type == 'linear' else 1.0
   theta = entry.get('rope_theta')
   return (None if theta is None else float(theta)), factor
@@ -124,7 +130,7 @@ def config_from_hf(hf: Mapping[str, Any], *,
   if text.get('use_bidirectional_attention'):
     problems.append('bidirectional attention')
   if problems:
-    raise ValueError('Unsupported Hugging Face config: ' + '; '.join(problems))
+    raise HFCheckpointError('Unsupported Hugging Face config: ' + '; '.join(problems))
 
   num_layers = int(get('num_hidden_layers'))
   num_heads = int(get('num_attention_heads'))
@@ -134,11 +140,11 @@ def config_from_hf(hf: Mapping[str, Any], *,
     try:
       types = [_LAYER_TYPES[t] for t in text['layer_types']]
     except KeyError as e:
-      raise ValueError(f'Unsupported layer type {e.args[0]!r}; supported: '
-                       f'{sorted(_LAYER_TYPES)}') from None
+      raise HFCheckpointError(f'Unsupported layer type {e.args[0]!r}; supported: '
+                              f'{sorted(_LAYER_TYPES)}') from None
     if len(types) != num_layers:
-      raise ValueError(f'layer_types has {len(types)} entries for '
-                       f'{num_layers} layers')
+      raise HFCheckpointError(f'layer_types has {len(types)} entries for '
+                              f'{num_layers} layers')
   elif family == 'gemma':
     types = [AttentionType.GLOBAL] * num_layers
   else:
@@ -170,8 +176,8 @@ def config_from_hf(hf: Mapping[str, Any], *,
     local_theta = float(get('rope_local_base_freq') if family == 'gemma3_text'
                         else get('rope_theta'))
   if local_factor != 1.0 and AttentionType.LOCAL_SLIDING in types:
-    raise ValueError('RoPE scaling on sliding-window layers is not supported '
-                     f'(factor {local_factor})')
+    raise HFCheckpointError('RoPE scaling on sliding-window layers is not supported '
+                            f'(factor {local_factor})')
   if AttentionType.GLOBAL not in types:
     global_factor = 1.0  # No layer uses it.
 

@@ -214,8 +214,10 @@ def test_one_compilation_per_bucket(tok, model):
   assert interp.compilations == 1
   interp.generate(['a much longer prompt that does not fit in sixteen tokens at all, no'] * 4)
   assert interp.compilations == 2
-  with pytest.raises(ValueError, match='longer than the largest bucket 64'):
-    interp.generate(['word ' * 80])
+  # A prompt no bucket holds is reported, not decoded (and compiles nothing).
+  result = interp.generate(['word ' * 80])[0]
+  assert result.status == 'prompt_too_long' and 'no prompt bucket holds it' in result.detail
+  assert interp.compilations == 2
 
 
 def test_cache_full_and_budget_are_reported(tok, model):

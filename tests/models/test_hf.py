@@ -17,6 +17,7 @@ import pytest
 from absl import flags
 from safetensors.numpy import save_file
 
+from pasta_jax import errors
 from pasta_jax.models import checkpoint
 from pasta_jax.models import config as config_lib
 from pasta_jax.models import hf
@@ -177,7 +178,7 @@ def test_hf_safetensors_read_and_bad_files_refused(tmp_path):
   # No safetensors file at all.
   fx.write_hf_checkpoint(tmp_path / 'none', {}, hf_json)
   os.remove(tmp_path / 'none' / 'model.safetensors')
-  with pytest.raises(FileNotFoundError, match='neither model.safetensors nor '
+  with pytest.raises(hf.HFCheckpointError, match='neither model.safetensors nor '
                      r'model.safetensors.index.json'):
     load(tmp_path / 'none')
   # A shard named by the index is absent; the index lists a tensor no shard has.
@@ -185,7 +186,8 @@ def test_hf_safetensors_read_and_bad_files_refused(tmp_path):
   shard = tmp_path / 'sharded' / 'model-00002-of-00002.safetensors'
   raw = shard.read_bytes()
   shard.unlink()
-  with pytest.raises(FileNotFoundError, match='model-00002-of-00002.safetensors'):
+  with pytest.raises(hf.HFCheckpointError,
+                     match=r"names shards that are not in .*\['model-00002-of-00002.safetensors'\]"):
     load(tmp_path / 'sharded')
   shard.write_bytes(raw)
   index_path = tmp_path / 'sharded' / 'model.safetensors.index.json'
@@ -247,3 +249,54 @@ def test_convert_script(tmp_path):
   with pytest.raises(checkpoint.CheckpointMismatchError, match='num_layers'):
     _run(script, '--hf_dir', str(tmp_path / 'hf'), '--out_dir',
          str(tmp_path / 'out2'), '--preset', 'tiny')
+
+
+def test_convert_script_user_errors_name_the_problem(tmp_path):
+  """Every mistake is an errors.UserError (`error: ...` and its exit status from
+  the command line) that names the file or flag."""
+  config = helpers.CONFIGS['gemma2']
+  state = fx.hf_state_dict(helpers.params_for(config), config, 'gemma2')
+  fx.write_hf_checkpoint(tmp_path / 'hf', state, fx.hf_config(config, 'gemma2'))
+  script = _convert_script()
+  out = str(tmp_path / 'out')
+
+  def refused(error, match, *args):
+    with pytest.raises(error, match=match) as info:
+      _run(script, '--out_dir', out, *args)
+    return info.value
+
+  e = refused(hf.HFCheckpointError, 'no such directory', '--hf_dir', str(tmp_path / 'nope'))
+  assert isinstance(e, errors.CheckpointError) and e.exit_status == 4
+  (tmp_path / 'empty').mkdir()
+  refused(hf.HFCheckpointError, 'has no config.json: not a Hugging Face checkpoint',
+          '--hf_dir', str(tmp_path / 'empty'))
+  (tmp_path / 'empty' / 'config.json').write_text('{"model_type": "gemma2",\n  oops}')
+  refused(hf.HFCheckpointError, r'config.json, line 2: not valid JSON',
+          '--hf_dir', str(tmp_path / 'empty'))
+  (tmp_path / 'empty' / 'config.json').write_text('{"model_type": "llama"}')
+  refused(hf.HFCheckpointError, r"config.json: Unsupported Hugging Face model_type 'llama'",
+          '--hf_dir', str(tmp_path / 'empty'))
+  (tmp_path / 'empty' / 'config.json').write_text('{"model_type": "gemma", "hidden_size": []}')
+  refused(hf.HFCheckpointError, 'config.json: not a Gemma config this converter reads',
+          '--hf_dir', str(tmp_path / 'empty'))
+  e = refused(errors.UsageError, '--param_dtype=int8: expected a float dtype',
+              '--hf_dir', str(tmp_path / 'hf'), '--param_dtype', 'int8')
+  assert e.exit_status == 2
+  (tmp_path / 'out').mkdir()
+  (tmp_path / 'out' / 'x').write_text('')
+  refused(errors.UsageError, f'--out_dir={out}: expected a new or empty directory',
+          '--hf_dir', str(tmp_path / 'hf'))
+  (tmp_path / 'out' / 'x').unlink()
+  e = refused(checkpoint.CheckpointMismatchError, 'give the matching one, or none',
+              '--hf_dir', str(tmp_path / 'hf'), '--preset', 'tiny')
+  assert isinstance(e, errors.CheckpointError) and isinstance(e, ValueError)
+
+
+def test_mismatch_message_lists_at_most_ten_of_a_kind():
+  e = checkpoint.CheckpointMismatchError('ckpt', missing=[f't{i}' for i in range(25)],
+                                         unexpected=['u'], hint='Do this.')
+  lines = str(e).splitlines()
+  assert lines[0] == 'Checkpoint ckpt does not match the model config:'
+  assert lines[1:12] == [f'  missing: t{i}' for i in range(10)] + [
+      '  ... and 15 more missing']
+  assert lines[12:] == ['  unexpected: u', 'Do this.'] and len(e.missing) == 25
