@@ -90,7 +90,9 @@ def prepare(config, workdir: str, out=sys.stdout) -> dict:
                                     tok, template=config.data.prompt_template,
                                     promise_lengths=config.data.promise_lengths)
       if tok.decode(enc.response) != enc.document:
-        raise AssertionError(f'encode -> decode changed a {split} document: {prompt!r}')
+        raise errors.DataError(
+            f'{split} example {i} does not survive encode -> decode (the tokenizer '
+            f'normalises or cannot spell some of its text): prompt {prompt[:80]!r}')
       pasta = layout.pasta_layout(enc.prompt, enc.response, tok.control,
                                   position_strategy=config_lib.position_strategy(config))
       layout.sequential_layout(enc.prompt, enc.plain)
