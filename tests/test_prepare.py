@@ -32,6 +32,27 @@ def test_prepare_tiny(tmp_path):
     assert json.load(f) == summary
 
 
+def test_a_document_the_tokenizer_changes_is_a_data_error(tmp_path, monkeypatch):
+  import pytest
+  from pasta_jax import errors
+  train = tokenizer_lib.train_tokenizer
+
+  def normalising(*args, **kwargs):  # a tokenizer whose decoding adds a space at the end
+    tok = train(*args, **kwargs)
+    decode = type(tok).decode
+    monkeypatch.setattr(type(tok), 'decode', lambda self, ids: lang.parse(
+        lang.serialize(decode(self, ids)) + ' '))
+    return tok
+
+  monkeypatch.setattr(tokenizer_lib, 'train_tokenizer', normalising)
+  config = synth.get_config('tiny')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  with pytest.raises(errors.DataError, match=r"^train example \d+ does not survive encode -> "
+                     r"decode \(the tokenizer normalises or cannot spell some of its text\): "
+                     "prompt '"):
+    prepare.prepare(config, str(tmp_path / 'work'), out=io.StringIO())
+
+
 def test_prepare_cli_errors_without_flags():
   result = subprocess.run([sys.executable, '-m', 'pasta_jax.prepare'],
                           capture_output=True, text=True, timeout=120)
