@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 from typing import Any, Sequence
 
 import jax
@@ -168,6 +169,37 @@ def damaged(directory: str, step: int, what: str, steps: Sequence[int], *,
   return errors.CheckpointError(f'{message}\n{hint}')
 
 
+def _abort_noise(exc: BaseException | None) -> bool:
+  text = str(exc)
+  return ((isinstance(exc, RuntimeError) and text == 'Event loop is closed')
+          or (isinstance(exc, ImportError) and 'Python is likely shutting down' in text))
+
+
+_quiet = False
+
+
+def quiet_orbax_aborts() -> None:
+  """Keeps orbax's abandoned background work off stderr (once per process).
+
+  When a read or write fails (a damaged array, a full disk), the error reaches
+  the main thread, where it becomes a one-line user error; the other pending
+  array transfers then report `Event loop is closed` (and, at exit, import
+  errors of a shutting-down interpreter) as unraisable exceptions, dozens of
+  tracebacks. Those two kinds are dropped; any other goes to the previous hook.
+  """
+  global _quiet
+  if _quiet:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _abort_noise(unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  _quiet = True
+
+
 def nonfinite_reason(tree: Any, name: str) -> str | None:
   """'non-finite values (NaN or Inf) in ...' naming `tree`'s bad arrays; None if none."""
   bad = model_checkpoint.nonfinite_paths(tree)
@@ -256,6 +288,7 @@ def load_run(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh |
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise _missing_run(workdir)
+  quiet_orbax_aborts()
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True, create=False))
   try:

@@ -27,7 +27,6 @@ import json
 import logging as std_logging
 import os
 import re
-import sys
 from typing import Any, Iterator, Mapping
 
 from absl import logging
@@ -63,6 +62,7 @@ class Checkpoints:
     self._disk_full = False
     self._quiet = _DiskFullFilter()
     std_logging.getLogger('absl').addFilter(self._quiet)
+    runs.quiet_orbax_aborts()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -201,7 +201,6 @@ class Checkpoints:
       if path is None:
         raise
       self._disk_full = True
-      _quiet_shutdown()
       raise self._disk_full_error(path) from None
 
   def _disk_full_error(self, path: str) -> errors.ResourceError:
@@ -243,20 +242,6 @@ class _DiskFullFilter(std_logging.Filter):
       return False
     message = record.getMessage()
     return not ('No space left on device' in message or "os_error_code='28'" in message)
-
-
-def _quiet_shutdown() -> None:
-  """After a full disk the process ends with the ResourceError; orbax's
-  abandoned background writes would report it again while Python shuts down."""
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if isinstance(unraisable.exc_value, (ImportError, RuntimeError)) or \
-        disk_full_path(unraisable.exc_value) is not None:
-      return
-    previous(unraisable)
-
-  sys.unraisablehook = hook
 
 
 def _data_state_files(directory: str) -> dict[tuple[int, int], str]:
