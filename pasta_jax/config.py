@@ -17,7 +17,7 @@ beside its checkpoints. Sections:
                 vocab_size 0 means the tokenizer's.
   init          params from a Gemma checkpoint instead of random ones.
   optimizer     AdamW, warmup + decay schedule, clipping, accumulation.
-  train         length of the run and how often it logs.
+  train         length of the run, how often it logs, what a non-finite step does.
   eval          periodic validation loss.
   checkpoint    orbax CheckpointManager settings.
   mesh          device mesh ('data', 'fsdp', 'tensor') and logical axis rules
@@ -45,6 +45,7 @@ ConfigDict = ml_collections.ConfigDict
 
 SCHEDULES = ('linear', 'cosine', 'constant')
 INIT_FORMATS = ('converted', 'orbax')
+NONFINITE_POLICIES = ('stop', 'skip')
 # InterpreterConfig fields that the data section sets (data.mode,
 # data.position_strategy, data.fixed_reserve), absent from the interpreter section.
 _FROM_DATA = ('mode', 'position_strategy')
@@ -145,6 +146,9 @@ def defaults() -> ConfigDict:
   c.train.num_steps = 1000             # 0 = derive from num_epochs
   c.train.num_epochs = 0.0             # used when num_steps == 0
   c.train.log_every = 20
+  c.train.on_nonfinite = 'stop'        # a non-finite loss, gradient norm or update:
+                                       # 'stop' (TrainingDiverged) or 'skip' the update
+  c.train.max_skipped_steps = 10       # 'skip': stop once more steps than this were skipped
 
   c.eval = ConfigDict()
   c.eval.every_steps = 250             # 0 = only at the end
@@ -278,6 +282,9 @@ def check_values(c: ConfigDict) -> None:
   need(c.train.num_steps > 0 or c.train.num_epochs > 0, 'train.num_epochs',
        'a number > 0 when train.num_steps is 0')
   need(c.train.log_every >= 1, 'train.log_every', 'an int >= 1')
+  need(c.train.on_nonfinite in NONFINITE_POLICIES, 'train.on_nonfinite',
+       f'one of {NONFINITE_POLICIES}')
+  need(c.train.max_skipped_steps >= 0, 'train.max_skipped_steps', 'an int >= 0')
   need(c.eval.every_steps >= 0, 'eval.every_steps', 'an int >= 0 (0 = only at the end)')
   need(c.eval.num_batches >= 0, 'eval.num_batches', 'an int >= 0 (0 = the whole split)')
   need(c.eval.batch_size >= 0, 'eval.batch_size', 'an int >= 0 (0 = data.batch_size)')

@@ -27,15 +27,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+import re
+import sys
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from pasta_jax import config as config_lib
+from pasta_jax import errors
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.interpreter.config import InterpreterConfig
+from pasta_jax.models import checkpoint as model_checkpoint
 from pasta_jax.models import sharding as model_sharding
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
@@ -78,12 +82,148 @@ def save_tokenizer(tok: tokenizer_lib.Tokenizer, workdir: str) -> str:
 
 
 def load_tokenizer(workdir: str) -> tokenizer_lib.Tokenizer:
-  """The tokenizer `save_tokenizer` wrote into `workdir`."""
+  """The tokenizer `save_tokenizer` wrote into `workdir`.
+
+  Raises:
+    CheckpointError: `workdir` has no tokenizer.
+  """
   path = os.path.join(workdir, TOKENIZER_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} not found: not a training run directory, or its '
-                            'first start did not get as far as writing the tokenizer')
+    raise errors.CheckpointError(
+        f'{path} not found: not a training run directory, or its first start did not get '
+        'as far as writing the tokenizer')
   return tokenizer_lib.Tokenizer.load(path)
+
+
+# ----------------------------------------------------------------------------
+# Damaged checkpoints: one-line reasons instead of orbax's tracebacks.
+
+
+def step_dir(directory: str, step: int) -> str:
+  """The directory of checkpoint `step` in a checkpoints directory."""
+  return os.path.join(directory, str(step))
+
+
+def missing_items(directory: str, step: int, items: Sequence[str]) -> str | None:
+  """What is wrong with the items of checkpoint `step` before orbax reads them
+  (a missing item directory, a config item that is not JSON); None if nothing."""
+  where = step_dir(directory, step)
+  for item in items:
+    if not os.path.isdir(os.path.join(where, item)):
+      return f'its {item}/ directory is missing'
+  if 'config' in items:
+    path = os.path.join(where, 'config', 'metadata')  # orbax's JsonSave file
+    try:
+      with open(path, encoding='utf-8') as f:
+        json.load(f)
+    except FileNotFoundError:
+      return f'{path} is missing'
+    except (ValueError, UnicodeDecodeError) as e:
+      return f'{path} is not valid JSON ({e})'
+  return None
+
+
+def restore_failure(e: BaseException) -> str:
+  """One line for an exception of an orbax restore: what could not be read."""
+  chain, seen = [], e
+  while seen is not None and len(chain) < 10:
+    chain.append(seen)
+    seen = seen.__cause__ or seen.__context__
+  for exc in chain:
+    found = re.search(r'([A-Z_]+): Error (?:reading|opening) "([^"]+)" in OCDBT database at '
+                      r'local file "([^"]+)"', str(exc))
+    if found:
+      code, array, path = found.groups()
+      return (f'the array {array} in {path.rstrip("/")} cannot be read ({code}: a truncated '
+              'or corrupt file)')
+  for exc in chain:
+    if isinstance(exc, OSError) and exc.filename:
+      return f'{exc.filename}: {exc.strerror or exc}'
+  inner = chain[-1]
+  text = (str(inner).strip().splitlines() or [''])[0]
+  text = re.sub(r'\s*See full TensorStore details.*', '', text)
+  if len(text) > 200:
+    text = text[:200] + '...'
+  return f'{type(inner).__name__}: {text}'
+
+
+def damaged(directory: str, step: int, what: str, steps: Sequence[int], *,
+            training: bool) -> errors.CheckpointError:
+  """The CheckpointError of a checkpoint that cannot be used, naming the others."""
+  others = sorted(s for s in steps if s != step)
+  earlier = [s for s in others if s < step]
+  message = f'the checkpoint of step {step} in {directory} is damaged: {what}'
+  where = step_dir(directory, step)
+  if training:
+    if earlier:
+      hint = (f'earlier checkpoints: steps {earlier}; to resume from step {earlier[-1]}, '
+              f'move {where} out of {directory} (or delete it) and run the same command again')
+    else:
+      hint = (f'there is no earlier checkpoint; move {where} out of {directory} (or delete '
+              'it) to train from the start')
+  elif others:
+    hint = (f'other checkpoints: steps {others} (load one with step=..., e.g. '
+            f'`--step {(earlier or others)[-1]}` of pasta_jax.decode)')
+  else:
+    hint = 'there is no other checkpoint of this run'
+  return errors.CheckpointError(f'{message}\n{hint}')
+
+
+def _abort_noise(exc: BaseException | None) -> bool:
+  text = str(exc)
+  return ((isinstance(exc, RuntimeError) and text == 'Event loop is closed')
+          or (isinstance(exc, ImportError) and 'Python is likely shutting down' in text))
+
+
+_quiet = False
+
+
+def quiet_orbax_aborts() -> None:
+  """Keeps orbax's abandoned background work off stderr (once per process).
+
+  When a read or write fails (a damaged array, a full disk), the error reaches
+  the main thread, where it becomes a one-line user error; the other pending
+  array transfers then report `Event loop is closed` (and, at exit, import
+  errors of a shutting-down interpreter) as unraisable exceptions, dozens of
+  tracebacks. Those two kinds are dropped; any other goes to the previous hook.
+  """
+  global _quiet
+  if _quiet:
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not _abort_noise(unraisable.exc_value):
+      previous(unraisable)
+
+  sys.unraisablehook = hook
+  _quiet = True
+
+
+def nonfinite_reason(tree: Any, name: str) -> str | None:
+  """'non-finite values (NaN or Inf) in ...' naming `tree`'s bad arrays; None if none."""
+  bad = model_checkpoint.nonfinite_paths(tree)
+  if not bad:
+    return None
+  shown = ', '.join(f'{name}/{p}' for p in bad[:3])
+  more = f' and {len(bad) - 3} more arrays' if len(bad) > 3 else ''
+  return f'non-finite values (NaN or Inf) in {shown}{more}'
+
+
+def _missing_run(workdir: str) -> errors.CheckpointError:
+  """A CheckpointError for a `workdir` without checkpoints, naming runs beside it."""
+  parent = os.path.dirname(workdir)
+  beside = sorted(n for n in (os.listdir(parent) if os.path.isdir(parent) else ())
+                  if os.path.isdir(os.path.join(parent, n, CHECKPOINTS)))
+  if not os.path.exists(workdir):
+    what = f'{workdir} does not exist'
+  else:
+    what = (f'{workdir} has no {CHECKPOINTS}/ directory: not a training run directory '
+            '(python -m pasta_jax.train --workdir ...)')
+  if beside:
+    shown = ', '.join(beside[:10]) + (', ...' if len(beside) > 10 else '')
+    what += f'; run directories in {parent}: {shown}'
+  return errors.CheckpointError(what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,25 +280,35 @@ def load_run(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh |
       `models.sharding.default_rules`.
 
   Raises:
-    FileNotFoundError: no checkpoint (or not that step) in `workdir`.
+    CheckpointError: no run or no checkpoint (or not that step) in `workdir`, or
+      the checkpoint is damaged (a missing item, a file that cannot be read,
+      non-finite params); the message names the run's other steps.
   """
   workdir = os.path.abspath(workdir)
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    raise FileNotFoundError(f'{workdir} has no {CHECKPOINTS}/ directory: not a training '
-                            'run directory (python -m pasta_jax.train --workdir ...)')
-  manager = ocp.CheckpointManager(checkpoint_dir(workdir), options=ocp.CheckpointManagerOptions(
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    raise _missing_run(workdir)
+  quiet_orbax_aborts()
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       read_only=True, create=False))
   try:
-    steps = list(manager.all_steps())
+    steps = sorted(manager.all_steps())
     if not steps:
-      raise FileNotFoundError(f'{checkpoint_dir(workdir)} holds no checkpoint')
+      raise errors.CheckpointError(f'{directory} holds no checkpoint (training saves one '
+                                   'every checkpoint.every_steps and at the end)')
     if step is None:
-      step = max(steps)
+      step = steps[-1]
     elif step not in steps:
-      raise FileNotFoundError(f'{checkpoint_dir(workdir)} has no checkpoint of step {step}; '
-                              f'it has steps {sorted(steps)}')
-    config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))['config'])
+      raise errors.CheckpointError(f'{directory} has no checkpoint of step {step}; it has '
+                                   f'steps {steps}')
+    what = missing_items(directory, step, ('config', 'params'))
+    if what:
+      raise damaged(directory, step, what, steps, training=False)
+    try:
+      config = ml_collections.ConfigDict(manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config'])
+    except Exception as e:  # pylint: disable=broad-except
+      raise damaged(directory, step, restore_failure(e), steps, training=False) from e
     model_config = config_lib.model_config(config)
     shapes = transformer.param_shapes(model_config)
     if mesh is None:
@@ -170,8 +320,14 @@ def load_run(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh |
       shardings = model_sharding.param_shardings(model_config, mesh, rules)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           shapes, shardings)
-    params = manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(target)))['params']
+    try:
+      params = manager.restore(step, args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(target)))['params']
+    except Exception as e:  # pylint: disable=broad-except
+      raise damaged(directory, step, restore_failure(e), steps, training=False) from e
+    what = nonfinite_reason(params, 'params')
+    if what:
+      raise damaged(directory, step, what, steps, training=False)
   finally:
     manager.close()
   return Run(config=config, model_config=model_config, params=params,

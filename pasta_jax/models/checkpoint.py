@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from pasta_jax import errors
@@ -281,13 +282,44 @@ def save_converted(out_dir: str, params, config: TransformerConfig) -> None:
     f.write(config.to_json() + '\n')
 
 
+def read_config(out_dir: str) -> TransformerConfig:
+  """The TransformerConfig of `out_dir/config.json` (`save_converted`).
+
+  Raises:
+    CheckpointError: the file is missing or not a valid config (names the file).
+  """
+  path = os.path.join(out_dir, CONFIG_FILE)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return TransformerConfig.from_json(f.read())
+  except FileNotFoundError:
+    raise errors.CheckpointError(f'{path} is missing') from None
+  except (ValueError, TypeError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+    raise errors.CheckpointError(f'{path} is not a valid model config: {e}') from None
+
+
 def load_converted(out_dir: str, *, shardings=None):
   """(config, params) from a directory written by `save_converted`."""
-  with open(os.path.join(out_dir, CONFIG_FILE)) as f:
-    config = TransformerConfig.from_json(f.read())
+  config = read_config(out_dir)
   params = load_params(os.path.join(out_dir, PARAMS_DIR), config,
                        shardings=shardings)
   return config, params
+
+
+def nonfinite_paths(tree: Any) -> list[str]:
+  """'/'-joined paths of the floating-point arrays of `tree` that hold a NaN or an Inf.
+
+  One jitted reduction per array; works on sharded (also multi-host) arrays.
+  """
+  leaves = [(path, x) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return []
+  finite = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])(
+      [x for _, x in leaves])
+  return [jax.tree_util.keystr(path, simple=True, separator='/')
+          for (path, _), ok in zip(leaves, finite)
+          if not bool(np.asarray(ok.addressable_data(0)))]
 
 
 # ----------------------------------------------------------------------------

@@ -9,15 +9,25 @@ back for decoding and evaluation):
   data                    the input pipeline's state, one file per host
                           (grain's orbax handler: process_<i>-of-<n>.json)
   config                  the effective config (JSON)
+
+It refuses to save non-finite params (`TrainingDiverged`). A checkpoint that
+cannot be restored (a missing item, an unreadable array, a config that is not
+JSON, non-finite values) is a `CheckpointError` that names the earlier steps;
+a disk that fills up during a save (also an asynchronous one, which surfaces in
+the next `save`, `wait` or `close`) is a `ResourceError`, and orbax's own
+reports of it are kept off the log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
+import logging as std_logging
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from absl import logging
 import grain
@@ -25,6 +35,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from pasta_jax import errors
 from pasta_jax import runs
 from pasta_jax.data import pipeline
 from pasta_jax.training.state import TrainState
@@ -44,8 +55,14 @@ class Checkpoints:
     self.directory = runs.checkpoint_dir(workdir)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only,
-        read_only=read_only, enable_async_checkpointing=async_save)
+        read_only=read_only, enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self._saving: int | None = None  # the step of the latest save started
+    self._disk_full = False
+    self._quiet = _DiskFullFilter()
+    std_logging.getLogger('absl').addFilter(self._quiet)
+    runs.quiet_orbax_aborts()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -56,14 +73,27 @@ class Checkpoints:
   def save(self, state: TrainState, *, data: grain.DatasetIterator,
            config: ml_collections.ConfigDict) -> bool:
     """Saves at `state.step` (`data`: this host's input pipeline); True when a
-    save started."""
+    save started.
+
+    Raises:
+      TrainingDiverged: the params are not finite (nothing is saved).
+      ResourceError: the disk is full (this save's or an earlier async one's).
+    """
     step = int(jax.device_get(state.step))
+    bad = runs.nonfinite_reason(state.params, 'params')
+    if bad:
+      raise errors.TrainingDiverged(
+          f'not saving the checkpoint of step {step}: {bad}\nthe last good checkpoint is '
+          f'step {self.latest_step()} in {self.directory}; lower config.optimizer.lr')
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(state.params),
         optimizer=ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state}),
         data=grain.checkpoint.CheckpointSave(data),
         config=ocp.args.JsonSave(runs.config_to_json(config)))
-    return self._manager.save(step, args=args, force=True)
+    with self._disk_errors():
+      started = self._manager.save(step, args=args, force=True)
+    self._saving = step
+    return started
 
   def restore(self, step: int, target: TrainState, *, data: grain.DatasetIterator
               ) -> tuple[TrainState, dict]:
@@ -75,24 +105,48 @@ class Checkpoints:
     fewer), which the pipeline maps onto this host layout (`Batches.set_state`).
     A checkpoint from before the grain pipeline (one JSON item for all hosts)
     resumes at the same epoch and position in it, in the new example order.
+
+    Raises:
+      CheckpointError: the checkpoint is damaged or holds non-finite values (the
+        message names the earlier steps and how to resume from one).
     """
     items = dict(params=ocp.args.StandardRestore(target.params),
                  optimizer=ocp.args.StandardRestore({'step': target.step,
                                                      'opt_state': target.opt_state}),
                  config=ocp.args.JsonRestore())
-    states = _data_state_files(os.path.join(self.directory, str(step), 'data'))
+    self._check_items(step, ITEMS)
+    data_dir = os.path.join(self.directory, str(step), 'data')
+    states = _data_state_files(data_dir)
+    if not states and not os.path.exists(os.path.join(data_dir, 'metadata')):
+      raise self._damaged(step, 'its data/ directory holds no input-pipeline state '
+                          '(no process_<i>-of-<n>.json file)')
     own = (jax.process_index(), jax.process_count())
     if own in states:
       items['data'] = grain.checkpoint.CheckpointRestore(data)
-    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    if not states:
-      data.set_state(_legacy_state(self._legacy_item(step), step))
-    elif own not in states:
-      data.set_state(_other_layout_state(states))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+      if not states:
+        data.set_state(_legacy_state(self._legacy_item(step), step))
+      elif own not in states:
+        data.set_state(_other_layout_state(states))
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(step, runs.restore_failure(e)) from e
     optimizer = restored['optimizer']
     state = TrainState(step=optimizer['step'], params=restored['params'],
                        opt_state=optimizer['opt_state'])
+    bad = (runs.nonfinite_reason(state.params, 'params')
+           or runs.nonfinite_reason(state.opt_state, 'optimizer/opt_state'))
+    if bad:
+      raise self._damaged(step, bad)
     return state, restored['config']
+
+  def _check_items(self, step: int, items) -> None:
+    what = runs.missing_items(self.directory, step, items)
+    if what:
+      raise self._damaged(step, what)
+
+  def _damaged(self, step: int, what: str) -> errors.CheckpointError:
+    return runs.damaged(self.directory, step, what, self.all_steps(), training=True)
 
   def _legacy_item(self, step: int) -> Any:
     """The `data` item as the pre-grain pipeline saved it (JSON), read by a
@@ -106,14 +160,88 @@ class Checkpoints:
       manager.close()
 
   def restore_config(self, step: int) -> dict:
-    return self._manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))['config']
+    """The config item of `step` (CheckpointError if it is missing or damaged)."""
+    self._check_items(step, ('config',))
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          config=ocp.args.JsonRestore()))['config']
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._damaged(step, runs.restore_failure(e)) from e
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    """Waits for the save in flight (ResourceError if the disk filled up)."""
+    if self._disk_full:
+      return  # reported once; the manager would raise it again
+    with self._disk_errors():
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    try:
+      if self._disk_full:
+        try:
+          self._manager.close()
+        except Exception:  # pylint: disable=broad-except
+          pass  # the disk-full error again, reported already
+      else:
+        with self._disk_errors():
+          self._manager.close()
+    finally:
+      if not self._disk_full:
+        std_logging.getLogger('absl').removeFilter(self._quiet)
+
+  @contextlib.contextmanager
+  def _disk_errors(self) -> Iterator[None]:
+    """Turns a full disk met by an orbax save into one ResourceError."""
+    try:
+      yield
+    except errors.UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      path = disk_full_path(e)
+      if path is None:
+        raise
+      self._disk_full = True
+      raise self._disk_full_error(path) from None
+
+  def _disk_full_error(self, path: str) -> errors.ResourceError:
+    # The failing save: the step directory the error names, else the latest started.
+    named = re.search(rf'{re.escape(self.directory)}/(\d+)', path)
+    step = int(named.group(1)) if named else self._saving
+    where = os.path.join(self.directory, str(step)) if step is not None else self.directory
+    complete = [s for s in self.all_steps() if s != step]
+    resume = (f'training resumes from step {max(complete)}, the last complete checkpoint'
+              if complete else 'no checkpoint was complete yet')
+    detail = f' ({path})' if path and not path.startswith(where) else ''
+    return errors.ResourceError(
+        f'no space left on device writing the checkpoint {where}{detail}; free some space '
+        f'and run the same command again ({resume})')
+
+def disk_full_path(exc: BaseException) -> str | None:
+  """The file a 'no space left on device' error names ('' if none); None if `exc`
+  (or an exception it was raised from) is no such error."""
+  seen = 0
+  while exc is not None and seen < 10:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+      return exc.filename or ''
+    text = str(exc)
+    if 'No space left on device' in text or "os_error_code='28'" in text:
+      found = re.search(r'Failed writing: "([^"]+)"', text) or re.search(
+          r'local file "([^"]+)"', text)
+      return found.group(1) if found else ''
+    exc, seen = exc.__cause__ or exc.__context__, seen + 1
+  return None
+
+
+class _DiskFullFilter(std_logging.Filter):
+  """Drops orbax's log records (with tracebacks) of a full disk: the error is
+  raised once, in the main thread, as a ResourceError."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if record.exc_info and record.exc_info[1] is not None and \
+        disk_full_path(record.exc_info[1]) is not None:
+      return False
+    message = record.getMessage()
+    return not ('No space left on device' in message or "os_error_code='28'" in message)
 
 
 def _data_state_files(directory: str) -> dict[tuple[int, int], str]:

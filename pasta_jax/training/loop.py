@@ -138,8 +138,7 @@ def _load_init_params(config: ml_collections.ConfigDict, path: str,
                       model_config: TransformerConfig, shardings):
   """Params of a Gemma checkpoint, restored straight into `shardings`."""
   if config.init.format == 'converted':
-    with open(os.path.join(path, model_checkpoint.CONFIG_FILE)) as f:
-      found = TransformerConfig.from_json(f.read())
+    found = model_checkpoint.read_config(path)
     diffs = model_checkpoint.architecture_differences(found, model_config,
                                                       trim_vocab=config.init.trim_vocab)
     if diffs:
@@ -316,8 +315,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def save(force: bool) -> bool:
     if not (force or step % config.checkpoint.every_steps == 0):
       return False
+    guard.check(window, step)  # a run that diverged since the last check saves nothing
     return checkpoints.save(state, data=feed, config=config)
 
+  guard = step_lib.NonfiniteGuard(
+      config.train.on_nonfinite, config.train.max_skipped_steps, lr=config.optimizer.lr,
+      last_checkpoint=lambda: (checkpoints.latest_step(), checkpoints.directory),
+      message=bar.message)
   last_eval: dict[str, float] = {}
   window: list[dict[str, jax.Array]] = []
   window_start = time.time()
@@ -339,17 +343,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         window.append(metrics)
         bar.update(step)
         if step % config.train.log_every == 0 or step == num_steps:
+          guard.check(window, step)
           sums = jax.device_get(window)
           elapsed = time.time() - window_start
-          total = step_lib.add_sums(None, {k: sums[0][k] for k in step_lib.sum_keys()})
-          for s in sums[1:]:
-            total = step_lib.add_sums(total, {k: s[k] for k in step_lib.sum_keys()})
-          scalars = step_lib.summarize(total)
-          scalars.update(grad_norm=float(sums[-1]['grad_norm']), lr=float(sums[-1]['lr']),
-                         tokens_per_s=float(total['tokens']) / elapsed,
-                         steps_per_s=len(sums) / elapsed)
-          writer.write(step, 'train', scalars)
-          bar.set_metrics(**scalars)
+          applied = [s for s in sums if not s['skipped']]  # skipped steps' sums are not finite
+          if applied:
+            total = step_lib.add_sums(None, {k: applied[0][k] for k in step_lib.sum_keys()})
+            for s in applied[1:]:
+              total = step_lib.add_sums(total, {k: s[k] for k in step_lib.sum_keys()})
+            scalars = step_lib.summarize(total)
+            scalars.update(grad_norm=float(applied[-1]['grad_norm']),
+                           lr=float(applied[-1]['lr']),
+                           tokens_per_s=float(total['tokens']) / elapsed,
+                           steps_per_s=len(sums) / elapsed)
+            if len(applied) < len(sums):
+              scalars['skipped_steps'] = float(len(sums) - len(applied))
+            writer.write(step, 'train', scalars)
+            bar.set_metrics(**scalars)
           window, window_start = [], time.time()
         if config.eval.every_steps and step % config.eval.every_steps == 0 \
             and step < num_steps:

@@ -10,19 +10,26 @@ Each token predicts `targets` (the next token of its own thread) with weight
 predictions; overall, on main-thread tokens and on async-thread tokens), so
 that metrics over several steps, hosts or micro-batches add up exactly;
 `summarize` turns them into means.
+
+A train step whose loss, gradient norm or updated params are not finite keeps
+the old params and optimizer state (the step counter still advances) and says
+so in its metrics (`nonfinite_*`, `skipped`); `NonfiniteGuard` turns those
+into `errors.TrainingDiverged` as `train.on_nonfinite` says.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from pasta_jax import errors
 from pasta_jax.data import pipeline
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
@@ -89,15 +96,105 @@ def sum_keys() -> tuple[str, ...]:
 def train_step(state: TrainState, batch: Batch, *, model_config: TransformerConfig,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on the batch's weighted mean cross-entropy."""
+  """One optimizer update on the batch's weighted mean cross-entropy.
+
+  The update is not applied (params and optimizer state stay as they were) when
+  the loss, the gradient norm or any updated param is not finite; the metrics
+  `nonfinite_loss`, `nonfinite_grad_norm`, `nonfinite_params` and `skipped`
+  (0. or 1.) say so.
+  """
   model = transformer.Transformer(model_config)
   grads, sums = _grads_and_sums(state.params, batch, model, grad_accum_steps)
   scale = 1.0 / jnp.maximum(sums['weight'], 1.0)
   grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, state.params)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(sums, grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
+  bad_loss = ~jnp.isfinite(sums['loss'])
+  bad_grad = ~jnp.isfinite(grad_norm)
+  bad_params = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
+  skip = bad_loss | bad_grad | bad_params
+  keep = lambda new, old: jnp.where(skip, old, new)
+  params = jax.tree.map(keep, params, state.params)
+  opt_state = jax.tree.map(keep, opt_state, state.opt_state)
+  metrics = dict(sums, grad_norm=grad_norm, lr=schedule(state.step),
+                 nonfinite_loss=bad_loss.astype(jnp.float32),
+                 nonfinite_grad_norm=bad_grad.astype(jnp.float32),
+                 nonfinite_params=bad_params.astype(jnp.float32),
+                 skipped=skip.astype(jnp.float32))
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+class NonfiniteGuard:
+  """Reads the train steps' `skipped` flags and stops training as the config says.
+
+  `train.on_nonfinite='stop'` raises `TrainingDiverged` at the first skipped
+  step; 'skip' lets training go on and raises once more than
+  `train.max_skipped_steps` steps were skipped (counted in this process, from
+  its start or resume). The step kept the old state either way, so nothing
+  non-finite reaches a checkpoint.
+  """
+
+  def __init__(self, on_nonfinite: str, max_skipped_steps: int, *, lr: float,
+               last_checkpoint: Callable[[], tuple[int | None, str]],
+               message: Callable[[str], None]):
+    """`last_checkpoint()` gives (step or None, checkpoints directory)."""
+    self.on_nonfinite = on_nonfinite
+    self.max_skipped_steps = max_skipped_steps
+    self.skipped: list[int] = []
+    self._lr = lr
+    self._last_checkpoint = last_checkpoint
+    self._message = message
+    self._checked = None
+
+  def check(self, window: Sequence[Mapping[str, jax.Array]], step: int) -> None:
+    """Reads the flags of the steps in `window` (the metrics of the steps up to
+    `step`) not read before; raises TrainingDiverged as configured."""
+    first = step - len(window) + 1
+    for i, metrics in enumerate(window):
+      at = first + i
+      if self._checked is not None and at <= self._checked:
+        continue
+      self._checked = at
+      if not float(np.asarray(metrics['skipped'])):
+        continue
+      self.skipped.append(at)
+      what = _what_was_nonfinite(metrics)
+      if self.on_nonfinite == 'stop':
+        raise self._diverged(f'training diverged at step {at}: {what}; its update was not '
+                             f'applied and nothing after step {at - 1} was saved')
+      if len(self.skipped) > self.max_skipped_steps:
+        raise self._diverged(
+            f'training diverged: {len(self.skipped)} steps were skipped for non-finite '
+            f'values, more than config.train.max_skipped_steps={self.max_skipped_steps} '
+            f'(the last, step {at}: {what})')
+      self._message(f'step {at}: {what}; update skipped ({len(self.skipped)} of at most '
+                    f'{self.max_skipped_steps}, config.train.max_skipped_steps)')
+
+  def _diverged(self, first_line: str) -> errors.TrainingDiverged:
+    last, directory = self._last_checkpoint()
+    advice = (f'lower config.optimizer.lr (now {self._lr:g}), keep '
+              'config.optimizer.grad_clip_norm > 0, or check the data')
+    if last is None:
+      second = f'no checkpoint was saved before; {advice}'
+    else:
+      second = (f'the last good checkpoint is step {last} in {directory} (the same command '
+                f'resumes from it); {advice}')
+    if self.on_nonfinite == 'stop':
+      second += " (config.train.on_nonfinite='skip' skips such steps instead)"
+    return errors.TrainingDiverged(f'{first_line}\n{second}')
+
+
+def _what_was_nonfinite(metrics: Mapping[str, Any]) -> str:
+  """'loss nan, gradient norm inf' for a skipped step's metrics."""
+  parts = []
+  if float(np.asarray(metrics['nonfinite_loss'])):
+    parts.append(f'loss {float(np.asarray(metrics["loss"]))}')
+  if float(np.asarray(metrics['nonfinite_grad_norm'])):
+    parts.append(f'gradient norm {float(np.asarray(metrics["grad_norm"]))}')
+  if float(np.asarray(metrics['nonfinite_params'])) and not parts:
+    parts.append('the params after the update')
+  return 'non-finite ' + ', '.join(parts)
 
 
 def eval_step(params, batch: Batch, *, model_config: TransformerConfig

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pasta_jax import config as config_lib
+from pasta_jax import errors
 from pasta_jax import runs
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import sources as sources_lib
@@ -105,9 +106,10 @@ def test_load_run_restores_the_trained_params(trained, tfds_dir):
         run.params, batch, model_config=run.model_config))
   assert step_lib.summarize(jax.device_get(total))['loss'] == pytest.approx(
       result.eval['loss'], rel=1e-5)
-  with pytest.raises(FileNotFoundError, match='no checkpoint of step 7'):
+  with pytest.raises(errors.CheckpointError,
+                     match=r'no checkpoint of step 7; it has steps \[20, 40\]'):
     runs.load_run(workdir, step=7)
-  with pytest.raises(FileNotFoundError, match='not a training run directory'):
+  with pytest.raises(errors.CheckpointError, match='not a training run directory'):
     runs.load_run(os.path.dirname(workdir))
 
 
