@@ -88,11 +88,14 @@ class StopRequest:
     self.signal = sig
 
   def requested(self) -> bool:
-    """Whether any host got a signal (a collective when there are several hosts)."""
-    local = self.signal is not None
+    """Whether any host got a signal (a collective when there are several hosts);
+    then every host's `signal` is set, so that all of them save and stop."""
     if jax.process_count() == 1:
-      return local
-    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+      return self.signal is not None
+    got = int(np.max(multihost_utils.process_allgather(np.int32(self.signal or 0))))
+    if got and self.signal is None:
+      self.signal = got
+    return bool(got)
 
 
 def _check_init_checkpoint(config: ml_collections.ConfigDict) -> str:
