@@ -1,0 +1,139 @@
+r"""One JAX process of a run on faked CPU devices (started by test_multiprocess.py).
+
+  python tests/training/multiprocess_worker.py --data DIR \
+      [--process_id I --num_processes N --port P] \
+      [--train WORKDIR [--stop_after K]] [--decode WORKDIR --step S --out FILE]
+
+The parent sets XLA_FLAGS (the faked device count of this process) and
+JAX_PLATFORMS=cpu. With --num_processes > 1 the process joins a multi-process
+JAX run through a coordinator on 127.0.0.1:PORT (CPU collectives over gloo).
+--train trains `config(DIR)` in WORKDIR (resuming what is there); --stop_after
+acts as if process 0 alone got SIGTERM during step K. --decode generates
+`PROMPTS` with the run's checkpoint S (on a mesh over every device of every
+process when --mesh, else on one device) and writes the results to FILE
+(FILE.<process index> when there are several processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs import synth
+
+# The decoding check's prompts: one bucket, more prompts than batch shards.
+PROMPTS = ('count 6 up from each: a) 12 b) 40 c) 7 d) 55',
+           'count 7 up from each: a) 3 b) 81 c) 29 d) 60',
+           'count 6 up from each: a) 70 b) 5 c) 33 d) 18',
+           'count 7 up from each: a) 44 b) 9 c) 62 d) 21',
+           'count 6 up from each: a) 1 b) 2 c) 3 d) 4')
+MESH = (1, 4, 2)  # fsdp spans both processes: params are split between them
+SEQ_LEN = 192
+
+
+def config(data: str) -> ml_collections.ConfigDict:
+  """configs/synth.py:tiny on the JSONL files in `data` (train.jsonl,
+  validation.jsonl; TFDS build in data/tfds), 6 short steps."""
+  c = synth.get_config('tiny')
+  c.data.name = 'pasta_jsonl'
+  c.data.jsonl_name = 'multihost'
+  c.data.jsonl_paths = {'train': os.path.join(data, 'train.jsonl'),
+                        'validation': os.path.join(data, 'validation.jsonl')}
+  c.data.data_dir = os.path.join(data, 'tfds')
+  c.data.seq_len = SEQ_LEN
+  c.data.batch_size = 8
+  c.train.num_steps = 6
+  c.train.log_every = 1
+  c.eval.every_steps = 2
+  c.checkpoint.every_steps = 3
+  c.optimizer.warmup_steps = 2
+  # Adam's update stays proportional to the gradient (with eps 1e-8 it is about
+  # lr * sign(g), which float noise flips where g is ~0).
+  c.optimizer.eps = 1e-3
+  c.mesh.shape = MESH
+  return c
+
+
+def _stop_after(k: int) -> None:
+  """Process 0 alone acts as if SIGTERM arrived during step k; the others must
+  learn it from `StopRequest.requested`'s collective."""
+  from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
+
+  class StopAfter(loop.StopRequest):
+
+    def requested(self) -> bool:
+      self.calls = getattr(self, 'calls', 0) + 1
+      if self.calls == k and jax.process_index() == 0:
+        self.signal = signal.SIGTERM
+      return super().requested()
+
+  loop.StopRequest = StopAfter
+
+
+def train(data: str, workdir: str, stop_after: int | None) -> None:
+  from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
+  if stop_after:
+    _stop_after(stop_after)
+  result = loop.train_and_evaluate(config(data), workdir)
+  print(f'process {jax.process_index()}: trained to step {result.step}, stopped by '
+        f'{result.stopped_by}', flush=True)
+
+
+def decode(workdir: str, step: int, mesh: bool, out: str) -> None:
+  from pasta_jax import runs  # pylint: disable=g-import-not-at-top
+  from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+  from pasta_jax.training import partitioning  # pylint: disable=g-import-not-at-top
+  device_mesh = partitioning.make_mesh(MESH) if mesh else None
+  run = runs.load_run(workdir, step, mesh=device_mesh)
+  interp = Interpreter.from_run(run, mesh=device_mesh, slots=4, max_threads=4,
+                                cache_size=128, max_steps=24, max_topic_tokens=2,
+                                record_logits=True)
+  c = run.tokenizer.control
+  # Biased towards forks and joins, so that several threads decode.
+  bias = {c.promise: 4.0, c.sync: 3.0, c.async_close: 3.0, **{t: 3.0 for t in c.lengths}}
+  results = interp.generate(list(PROMPTS), temperature=1.0, seed=5, logit_bias=bias)
+  if jax.process_count() > 1:
+    out = f'{out}.{jax.process_index()}'
+  with open(out, 'w', encoding='utf-8') as f:
+    json.dump([{'ids': r.ids, 'status': r.status, 'steps': r.steps,
+                'timeline': r.timeline, 'logits': np.asarray(r.logits).tolist()}
+               for r in results], f)
+  print(f'process {jax.process_index()}: decoded {len(results)} prompts', flush=True)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument('--data', required=True)
+  parser.add_argument('--process_id', type=int, default=0)
+  parser.add_argument('--num_processes', type=int, default=1)
+  parser.add_argument('--port', type=int, default=0)
+  parser.add_argument('--train')
+  parser.add_argument('--stop_after', type=int)
+  parser.add_argument('--decode')
+  parser.add_argument('--step', type=int)
+  parser.add_argument('--mesh', action='store_true')
+  parser.add_argument('--out')
+  args = parser.parse_args()
+  jax.config.update('jax_disable_most_optimizations', True)
+  if args.num_processes > 1:
+    # gloo is jax 0.10's default for CPU collectives; named here because
+    # without it (None) cross-process computations cannot run on the CPU.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
+                               num_processes=args.num_processes,
+                               process_id=args.process_id,
+                               initialization_timeout=60)
+  if args.train:
+    train(args.data, args.train, args.stop_after)
+  if args.decode:
+    decode(args.decode, args.step, args.mesh, args.out)
+
+
+if __name__ == '__main__':
+  main()
