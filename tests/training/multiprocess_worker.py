@@ -1,14 +1,15 @@
 r"""One JAX process of a run on faked CPU devices (started by test_multiprocess.py).
 
-  python tests/training/multiprocess_worker.py --data DIR \
-      [--process_id I --num_processes N --port P] \
-      [--train WORKDIR [--stop_after K]] [--decode WORKDIR --step S --out FILE]
+  python tests/training/multiprocess_worker.py --data DIR --train WORKDIR \
+      [--process_id I --num_processes N --port P] [--stop_after K] \
+      [--decode WORKDIR --step S [--mesh] --out FILE]
 
 The parent sets XLA_FLAGS (the faked device count of this process) and
-JAX_PLATFORMS=cpu. With --num_processes > 1 the process joins a multi-process
-JAX run through a coordinator on 127.0.0.1:PORT (CPU collectives over gloo).
---train trains `config(DIR)` in WORKDIR (resuming what is there); --stop_after
-acts as if process 0 alone got SIGTERM during step K. --decode generates
+JAX_PLATFORMS=cpu. --train runs `python -m pasta_jax.train`'s main with this
+file's `get_config(DIR)` in WORKDIR (resuming what is there); with
+--num_processes > 1 it passes --distributed and a coordinator on
+127.0.0.1:PORT (CPU collectives over gloo). --stop_after acts as if process 0
+alone got SIGTERM during step K. Then --decode generates
 `PROMPTS` with the run's checkpoint S (on a mesh over every device of every
 process when --mesh, else on one device) and writes the results to FILE
 (FILE.<process index> when there are several processes).
@@ -37,8 +38,8 @@ MESH = (1, 4, 2)  # fsdp spans both processes: params are split between them
 SEQ_LEN = 192
 
 
-def config(data: str) -> ml_collections.ConfigDict:
-  """configs/synth.py:tiny on the JSONL files in `data` (train.jsonl,
+def get_config(data: str) -> ml_collections.ConfigDict:
+  """configs/synth.py:tiny (2 layers) on the JSONL files in `data` (train.jsonl,
   validation.jsonl; TFDS build in data/tfds), 6 short steps."""
   c = synth.get_config('tiny')
   c.data.name = 'pasta_jsonl'
@@ -48,6 +49,7 @@ def config(data: str) -> ml_collections.ConfigDict:
   c.data.data_dir = os.path.join(data, 'tfds')
   c.data.seq_len = SEQ_LEN
   c.data.batch_size = 8
+  c.model.num_layers = 2  # one local and one global layer: half the compile time
   c.train.num_steps = 6
   c.train.log_every = 1
   c.eval.every_steps = 2
@@ -76,13 +78,26 @@ def _stop_after(k: int) -> None:
   loop.StopRequest = StopAfter
 
 
-def train(data: str, workdir: str, stop_after: int | None) -> None:
+def train(args: argparse.Namespace) -> None:
+  """`python -m pasta_jax.train --config THIS_FILE:DATA ...` (with --distributed and
+  the coordinator's address for several processes), in this process."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from pasta_jax import train as train_main  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
-  if stop_after:
-    _stop_after(stop_after)
-  result = loop.train_and_evaluate(config(data), workdir)
-  print(f'process {jax.process_index()}: trained to step {result.step}, stopped by '
-        f'{result.stopped_by}', flush=True)
+  if args.stop_after:
+    _stop_after(args.stop_after)
+  results = []
+  train_and_evaluate = loop.train_and_evaluate
+  loop.train_and_evaluate = lambda *a, **k: results.append(train_and_evaluate(*a, **k))
+  argv = ['train', f'--config={os.path.abspath(__file__)}:{args.data}',
+          f'--workdir={args.train}']
+  if args.num_processes > 1:
+    argv += ['--distributed', f'--coordinator_address=127.0.0.1:{args.port}',
+             f'--num_processes={args.num_processes}', f'--process_id={args.process_id}']
+  flags.FLAGS(argv)
+  train_main.main(argv[:1])
+  print(f'process {jax.process_index()}: trained to step {results[0].step}, stopped by '
+        f'{results[0].stopped_by}', flush=True)
 
 
 def decode(workdir: str, step: int, mesh: bool, out: str) -> None:
@@ -113,7 +128,7 @@ def main() -> None:
   parser.add_argument('--process_id', type=int, default=0)
   parser.add_argument('--num_processes', type=int, default=1)
   parser.add_argument('--port', type=int, default=0)
-  parser.add_argument('--train')
+  parser.add_argument('--train', required=True)
   parser.add_argument('--stop_after', type=int)
   parser.add_argument('--decode')
   parser.add_argument('--step', type=int)
@@ -121,16 +136,10 @@ def main() -> None:
   parser.add_argument('--out')
   args = parser.parse_args()
   jax.config.update('jax_disable_most_optimizations', True)
-  if args.num_processes > 1:
-    # gloo is jax 0.10's default for CPU collectives; named here because
-    # without it (None) cross-process computations cannot run on the CPU.
-    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
-                               num_processes=args.num_processes,
-                               process_id=args.process_id,
-                               initialization_timeout=60)
-  if args.train:
-    train(args.data, args.train, args.stop_after)
+  # Cross-process computations on the CPU need collectives: gloo (jax's
+  # default since 0.5; older versions have none unless asked).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  train(args)
   if args.decode:
     decode(args.decode, args.step, args.mesh, args.out)
 

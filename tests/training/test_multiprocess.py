@@ -48,7 +48,7 @@ def _write_data(directory) -> str:
         break
     with open(os.path.join(directory, f'{split}.jsonl'), 'w', encoding='utf-8') as f:
       f.writelines(json.dumps(row) + '\n' for row in rows)
-  build.builder(worker.config(str(directory)).data)  # built once, before the workers
+  build.builder(worker.get_config(str(directory)).data)  # built once, before the workers
   return str(directory)
 
 
@@ -60,6 +60,9 @@ def _free_port() -> int:
 
 def _start(name: str, logs, args, devices: int) -> tuple[str, subprocess.Popen, str]:
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
+         # The resumed run reuses the programs that the 8-device run compiled.
+         'JAX_COMPILATION_CACHE_DIR': str(logs.parent / 'jax_cache'),
+         'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
          'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
          'XLA_FLAGS': (os.environ.get('XLA_FLAGS', '') +
                        f' --xla_force_host_platform_device_count={devices}')}
@@ -172,7 +175,7 @@ def _data_state(workdir: str, step: int, process: int, processes: int) -> dict:
 def test_every_example_fills_more_than_half_a_row(runs_):
   """The premise of the comparisons: one example per row, whatever the hosts."""
   _, data, paths, _ = runs_
-  config = config_lib.resolve(worker.config(data))
+  config = config_lib.resolve(worker.get_config(data))
   tok = runs.load_tokenizer(paths['one'])
   for split in ('train', 'validation'):
     source = sources_lib.data_sources(config.data, [split])[split]
