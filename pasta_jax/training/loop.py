@@ -180,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   latest = checkpoints.latest_step()
 
   # -- Data and tokenizer. ---------------------------------------------------
-  sources = sources_lib.data_sources(config.data, ['train', config.eval.split])
+  sources = inputs.data_sources(config.data, ['train', config.eval.split])
   if latest is not None:
     saved = checkpoints.restore_config(latest)
     tok = runs.load_tokenizer(workdir)
