@@ -1,12 +1,13 @@
 r"""One JAX process of a run on faked CPU devices (started by test_multiprocess.py).
 
-  python tests/training/multiprocess_worker.py --data DIR --train WORKDIR \
-      [--process_id I --num_processes N --port P] [--stop_after K] \
+  python tests/training/multiprocess_worker.py --data DIR [--data_dir TFDS_DIR] \
+      --train WORKDIR [--process_id I --num_processes N --port P] [--stop_after K] \
       [--decode WORKDIR --step S [--mesh] --out FILE]
 
 The parent sets XLA_FLAGS (the faked device count of this process) and
 JAX_PLATFORMS=cpu. --train runs `python -m pasta_jax.train`'s main with this
-file's `get_config(DIR)` in WORKDIR (resuming what is there); with
+file's `get_config(DIR)` (the dataset built in TFDS_DIR, default DIR/tfds, if
+not there yet) in WORKDIR (resuming what is there); with
 --num_processes > 1 it passes --distributed and a coordinator on
 127.0.0.1:PORT (CPU collectives over gloo). --stop_after acts as if process 0
 alone got SIGTERM during step K. Then --decode generates
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import signal
+import sys
 
 import jax
 import ml_collections
@@ -91,9 +93,12 @@ def train(args: argparse.Namespace) -> None:
   loop.train_and_evaluate = lambda *a, **k: results.append(train_and_evaluate(*a, **k))
   argv = ['train', f'--config={os.path.abspath(__file__)}:{args.data}',
           f'--workdir={args.train}']
+  if args.data_dir:
+    argv.append(f'--config.data.data_dir={args.data_dir}')
   if args.num_processes > 1:
     argv += ['--distributed', f'--coordinator_address=127.0.0.1:{args.port}',
              f'--num_processes={args.num_processes}', f'--process_id={args.process_id}']
+  sys.argv = argv  # config_flags reads the overrides from sys.argv
   flags.FLAGS(argv)
   train_main.main(argv[:1])
   print(f'process {jax.process_index()}: trained to step {results[0].step}, stopped by '
@@ -125,6 +130,7 @@ def decode(workdir: str, step: int, mesh: bool, out: str) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--data', required=True)
+  parser.add_argument('--data_dir')
   parser.add_argument('--process_id', type=int, default=0)
   parser.add_argument('--num_processes', type=int, default=1)
   parser.add_argument('--port', type=int, default=0)

@@ -22,7 +22,6 @@ import pytest
 
 from pasta_jax import config as config_lib
 from pasta_jax import runs
-from pasta_jax.data import build
 from pasta_jax.data import sources as sources_lib
 from pasta_jax.data import synthetic
 from pasta_jax.training import inputs
@@ -36,7 +35,8 @@ TIMEOUT_S = 420  # per phase; the whole file takes about a minute or two
 
 def _write_data(directory) -> str:
   """JSONL splits of `mixed` examples with 4 numbers counted 6 or 7 steps (their
-  layouts are 150-190 tokens: each fills more than half of a 192-token row)."""
+  layouts are 150-190 tokens: each fills more than half of a 192-token row).
+  The runs build the TFDS dataset."""
   os.makedirs(directory)
   for split, count in (('train', 64), ('validation', 16)):
     rows = []
@@ -48,7 +48,6 @@ def _write_data(directory) -> str:
         break
     with open(os.path.join(directory, f'{split}.jsonl'), 'w', encoding='utf-8') as f:
       f.writelines(json.dumps(row) + '\n' for row in rows)
-  build.builder(worker.get_config(str(directory)).data)  # built once, before the workers
   return str(directory)
 
 
@@ -84,20 +83,17 @@ def _tail(log: str, lines: int = 25) -> str:
 def _wait(started) -> dict[str, str]:
   """Waits for every process; fails with each one's stderr tail if any failed or
   ran out of time. Returns {name: stdout}."""
-  failed = []
+  timed_out = []
   for name, proc, _ in started:
     try:
       proc.wait(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
-      failed.append(name)
-  for name, proc, _ in started:
-    if proc.poll() is None:
+      timed_out.append(name)
       proc.kill()
       proc.wait()
-    if proc.returncode != 0 and name not in failed:
-      failed.append(name)
+  failed = [name for name, proc, _ in started if proc.returncode != 0]
   if failed:
-    report = [f'--- {name} (exit {proc.returncode}{", timed out" if name in failed else ""})'
+    report = [f'--- {name} (exit {proc.returncode}{", timed out" if name in timed_out else ""})'
               f':\n{_tail(log)}' for name, proc, log in started]
     pytest.fail(f'{", ".join(failed)} failed:\n' + '\n'.join(report), pytrace=False)
   outputs = {}
@@ -111,9 +107,10 @@ def _wait(started) -> dict[str, str]:
 def runs_(tmp_path_factory):
   """The runs, in two phases of parallel processes:
 
-  1. `two`: 2 processes train, stopped during step 3 (process 0 alone gets the
-     signal), then decode with the step-3 params on a mesh over both; `one`: 1
-     process with 8 devices trains the same config to step 6.
+  1. `two`: 2 processes build the dataset (in a data_dir of their own) and
+     train, stopped during step 3 (process 0 alone gets the signal), then
+     decode with the step-3 params on a mesh over both; `one`: 1 process with 8
+     devices builds the dataset and trains the same config to step 6.
   2. `resumed`: a copy of `two` resumed on 1 process (8 devices) to step 6; it
      first decodes `two`'s step-3 params on one device (the reference).
   """
@@ -125,6 +122,7 @@ def runs_(tmp_path_factory):
   paths = {name: str(root / name) for name in ('two', 'one', 'resumed')}
   started = [_start(f'two.{i}', logs, ['--data', data, '--process_id', i,
                                        '--num_processes', 2, '--port', port,
+                                       '--data_dir', os.path.join(data, 'tfds_two'),
                                        '--train', paths['two'], '--stop_after', 3,
                                        '--decode', paths['two'], '--step', 3, '--mesh',
                                        '--out', root / 'decoded_two.json'], devices=4)
