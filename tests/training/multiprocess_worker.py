@@ -30,7 +30,8 @@ import numpy as np
 
 from configs import synth
 
-# The decoding check's prompts: one bucket, more prompts than batch shards.
+# The decoding check's prompts: one bucket; 5 requests over 4 batch shards (the
+# batch is padded to 8).
 PROMPTS = ('count 6 up from each: a) 12 b) 40 c) 7 d) 55',
            'count 7 up from each: a) 3 b) 81 c) 29 d) 60',
            'count 6 up from each: a) 70 b) 5 c) 33 d) 18',
@@ -106,6 +107,7 @@ def train(args: argparse.Namespace) -> None:
 
 
 def decode(workdir: str, step: int, mesh: bool, out: str) -> None:
+  """Samples `PROMPTS` from the params of `step` and writes what came out."""
   from pasta_jax import runs  # pylint: disable=g-import-not-at-top
   from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   from pasta_jax.training import partitioning  # pylint: disable=g-import-not-at-top
@@ -142,8 +144,8 @@ def main() -> None:
   parser.add_argument('--out')
   args = parser.parse_args()
   jax.config.update('jax_disable_most_optimizations', True)
-  # Cross-process computations on the CPU need collectives: gloo (jax's
-  # default since 0.5; older versions have none unless asked).
+  # Cross-process computations on the CPU need collectives: gloo (the default
+  # of recent jax versions; older ones have none unless asked).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   train(args)
   if args.decode:

@@ -30,7 +30,7 @@ from tests.training import multiprocess_worker as worker
 from tests.training.conftest import ROOT
 
 WORKER = os.path.join(ROOT, 'tests', 'training', 'multiprocess_worker.py')
-TIMEOUT_S = 420  # per phase; the whole file takes about a minute or two
+TIMEOUT_S = 300  # per phase; the whole file takes one to two minutes
 
 
 def _write_data(directory) -> str:
@@ -104,15 +104,15 @@ def _wait(started) -> dict[str, str]:
 
 
 @pytest.fixture(scope='module')
-def runs_(tmp_path_factory):
+def finished(tmp_path_factory):
   """The runs, in two phases of parallel processes:
 
   1. `two`: 2 processes build the dataset (in a data_dir of their own) and
      train, stopped during step 3 (process 0 alone gets the signal), then
      decode with the step-3 params on a mesh over both; `one`: 1 process with 8
      devices builds the dataset and trains the same config to step 6.
-  2. `resumed`: a copy of `two` resumed on 1 process (8 devices) to step 6; it
-     first decodes `two`'s step-3 params on one device (the reference).
+  2. `resumed`: a copy of `two` resumed on 1 process (8 devices) to step 6;
+     then it decodes `two`'s step-3 params on one device (the reference).
   """
   root = tmp_path_factory.mktemp('multiprocess')
   logs = root / 'logs'
@@ -170,9 +170,9 @@ def _data_state(workdir: str, step: int, process: int, processes: int) -> dict:
     return json.load(f)
 
 
-def test_every_example_fills_more_than_half_a_row(runs_):
+def test_every_example_fills_more_than_half_a_row(finished):
   """The premise of the comparisons: one example per row, whatever the hosts."""
-  _, data, paths, _ = runs_
+  _, data, paths, _ = finished
   config = config_lib.resolve(worker.get_config(data))
   tok = runs.load_tokenizer(paths['one'])
   for split in ('train', 'validation'):
@@ -183,8 +183,8 @@ def test_every_example_fills_more_than_half_a_row(runs_):
     assert worker.SEQ_LEN // 2 < min(lengths) and max(lengths) <= worker.SEQ_LEN, lengths
 
 
-def test_two_processes_train_like_one(runs_):
-  _, _, paths, outputs = runs_
+def test_two_processes_train_like_one(finished):
+  _, _, paths, outputs = finished
   # Process 1 got no signal; the collective told it to stop and save with process 0.
   for i in range(2):
     assert f'process {i}: trained to step 3, stopped by 15' in outputs[f'two.{i}']
@@ -206,8 +206,8 @@ def test_two_processes_train_like_one(runs_):
   assert _data_state(paths['one'], 3, 0, 1)['index'] == 24
 
 
-def test_two_process_run_resumes_on_one_process(runs_):
-  _, _, paths, outputs = runs_
+def test_two_process_run_resumes_on_one_process(finished):
+  _, _, paths, outputs = finished
   assert 'process 0: trained to step 6, stopped by None' in outputs['resumed']
   resumed, one = _metrics(paths['resumed'], 'train'), _metrics(paths['one'], 'train')
   assert sorted(resumed) == list(range(1, 7))  # steps 1-3 were the 2-process run's
@@ -220,8 +220,8 @@ def test_two_process_run_resumes_on_one_process(runs_):
   assert _data_state(paths['resumed'], 6, 0, 1) == _data_state(paths['one'], 6, 0, 1)
 
 
-def test_decoding_across_processes_equals_one_device(runs_):
-  root, _, _, outputs = runs_
+def test_decoding_across_processes_equals_one_device(finished):
+  root, _, _, outputs = finished
   for i in range(2):
     assert f'process {i}: decoded {len(worker.PROMPTS)} prompts' in outputs[f'two.{i}']
   with open(root / 'decoded_one.json', encoding='utf-8') as f:
