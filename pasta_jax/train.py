@@ -8,7 +8,9 @@ The config file states what it runs (see its docstring); `--config.a.b=value`
 overrides a field. A workdir that already holds checkpoints is resumed.
 `--distributed` (or PASTA_DISTRIBUTED=1) starts multi-host JAX first
 (`jax.distributed.initialize()`, e.g. on every worker of a TPU pod: see
-scripts/launch_tpu_pod.sh). The work happens in
+scripts/launch_tpu_pod.sh and docs/multihost.md); `--coordinator_address`,
+`--num_processes` and `--process_id` set what a cluster does not detect by
+itself. The work happens in
 `pasta_jax.training.loop.train_and_evaluate`.
 """
 
@@ -30,6 +32,14 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, log
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', os.environ.get('PASTA_DISTRIBUTED', '') not in ('', '0'),
     'Call jax.distributed.initialize() first (several hosts). Default: $PASTA_DISTRIBUTED.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'With --distributed: host:port of process 0 (default: '
+    '$JAX_COORDINATOR_ADDRESS, or detected on Cloud TPU, SLURM, Open MPI, Kubernetes).')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'With --distributed: how many processes (default: detected).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'With --distributed: this process, 0 = the coordinator\'s '
+    '(default: detected).')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -41,7 +51,9 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # the bar is on stderr; -v 0 shows INFO
   import jax  # pylint: disable=g-import-not-at-top
   if _DISTRIBUTED.value:
-    jax.distributed.initialize()
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
   from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
   loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 

@@ -12,7 +12,8 @@
 # the batch; only process 0 prints and writes logs. The workdir, the data_dir and
 # the files the config names must be visible to every worker at the same path
 # (a shared filesystem, e.g. a gcsfuse or Filestore mount): orbax writes each
-# checkpoint from all hosts into one directory.
+# checkpoint from all hosts into one directory. docs/multihost.md has the rest
+# (other clusters, a local two-process test).
 #
 # --install first runs `pip install -e . && pip install -U "jax[tpu]"` in DIR.
 # --dry_run prints the gcloud command instead of running it.

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from pasta_jax import tokenizer as tokenizer_lib
@@ -52,6 +53,23 @@ __all__ = ['Batch', 'Interpreter', 'PromptTooLongError', 'Result', 'ThreadSpan',
 PromptTooLongError = results_lib.PromptTooLongError
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+# The `State` fields that `results` reads.
+_OUTPUTS = ('out_token', 'out_thread', 'out_round', 'out_len', 'status', 'steps',
+            'out_logits')
+
+
+def _put(x: Any, sharding: jax.sharding.NamedSharding) -> jax.Array:
+  """`jax.device_put(x, sharding)`, also when the mesh spans several processes
+  and `x` is this process's copy of the whole value (numpy or a local array):
+  every process must then pass the same value; each puts its own devices' part."""
+  if sharding.is_fully_addressable or (isinstance(x, jax.Array)
+                                       and not x.is_fully_addressable):
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  value = np.asarray(x)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +129,8 @@ class Interpreter:
     self._batch_split = 1
     if mesh is not None:
       self.rules = list(rules or sharding_lib.default_rules(model_config, mesh))
-      self.params = jax.device_put(
-          params, sharding_lib.param_shardings(model_config, mesh, self.rules))
+      self.params = jax.tree.map(
+          _put, params, sharding_lib.param_shardings(model_config, mesh, self.rules))
       self._batch_axes = nn.logical_to_mesh_axes(('batch',), self.rules)[0]
       axes = (self._batch_axes,) if isinstance(self._batch_axes, str) else (
           self._batch_axes or ())
@@ -168,7 +186,7 @@ class Interpreter:
 
     def put(x: Any) -> jax.Array:
       spec = jax.sharding.PartitionSpec(self._batch_axes, *([None] * (np.ndim(x) - 1)))
-      return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+      return _put(x, jax.sharding.NamedSharding(self.mesh, spec))
     return jax.tree.map(put, tree)
 
   def _new_cache(self, batch: int) -> Any:
@@ -422,7 +440,11 @@ class Interpreter:
   # -- results -------------------------------------------------------------------
 
   def results(self, state: State) -> list[Result]:
-    """Assembles the host-side results of a finished (or stopped) batch."""
+    """Assembles the host-side results of a finished (or stopped) batch (on
+    every process, when the mesh spans several)."""
+    if not state.out_len.is_fully_addressable:
+      outputs = {name: getattr(state, name) for name in _OUTPUTS}
+      state = state.replace(**multihost_utils.process_allgather(outputs, tiled=True))
     return results_lib.from_state(state, self.tokenizer, self.tables,
                                   sequential=self.config.sequential,
                                   record_logits=self.config.record_logits)

@@ -1,4 +1,4 @@
-"""Data for training: train and eval batches (`data.sources` opens the splits).
+"""Data for training: the splits, train and eval batches.
 
 Each host reads its own rows (`process_index` of `process_count`) with the
 input pipeline (`pasta_jax.data.pipeline`); the global batch is assembled on
@@ -19,6 +19,22 @@ from pasta_jax import config as config_lib
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.config import ConfigError
 from pasta_jax.data import pipeline
+from pasta_jax.data import sources as sources_lib
+
+
+def data_sources(data: ml_collections.ConfigDict, splits) -> dict:
+  """`data.sources.data_sources`, the dataset built by process 0 alone: the
+  other hosts wait for it (hosts building one data_dir at once collide on
+  TFDS's final rename), then open it."""
+  if jax.process_count() == 1:
+    return sources_lib.data_sources(data, splits)
+  if jax.process_index() == 0:
+    try:
+      return sources_lib.data_sources(data, splits)
+    finally:
+      multihost_utils.sync_global_devices('pasta_jax: dataset built')
+  multihost_utils.sync_global_devices('pasta_jax: dataset built')
+  return sources_lib.data_sources(data, splits)
 
 
 def batches(config: ml_collections.ConfigDict, source, tok: tokenizer_lib.Tokenizer, *,

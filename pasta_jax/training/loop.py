@@ -111,11 +111,14 @@ class StopRequest:
       self._waiting = False
 
   def requested(self) -> bool:
-    """Whether any host got a signal (a collective when there are several hosts)."""
-    local = self.signal is not None
+    """Whether any host got a signal (a collective when there are several hosts);
+    then every host's `signal` is set, so that all of them save and stop."""
     if jax.process_count() == 1:
-      return local
-    return bool(np.any(multihost_utils.process_allgather(np.int32(local))))
+      return self.signal is not None
+    got = int(np.max(multihost_utils.process_allgather(np.int32(self.signal or 0))))
+    if got and self.signal is None:
+      self.signal = got
+    return bool(got)
 
 
 def _check_init_checkpoint(config: ml_collections.ConfigDict) -> str:
@@ -208,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   latest = checkpoints.latest_step()
 
   # -- Data and tokenizer. ---------------------------------------------------
-  sources = sources_lib.data_sources(config.data, ['train', config.eval.split])
+  sources = inputs.data_sources(config.data, ['train', config.eval.split])
   if latest is not None:
     saved = checkpoints.restore_config(latest)
     tok = runs.load_tokenizer(workdir)
