@@ -14,7 +14,7 @@ import errno
 import functools
 import re
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from absl import app
 from absl import flags
@@ -43,6 +43,44 @@ def check_positive(*holders: flags.FlagHolder) -> None:
   for flag in holders:
     if flag.value is not None:
       check_flag(flag, flag.value >= 1, 'an int >= 1')
+
+
+class InterpreterFlags:
+  """`--slots`, `--max_steps` and `--cache_size`: the decoder settings that decode and
+  evaluate override (defined once per process, whichever of them is imported first)."""
+
+  def __init__(self):
+    self.slots = _integer_flag('slots', 'Thread slots (default: the run config).')
+    self.max_steps = _integer_flag('max_steps', 'Decode rounds per request (default: the '
+                                   'run config).')
+    self.cache_size = _integer_flag('cache_size', 'KV-cache entries per request, prompt '
+                                    'included (default: the run config); it bounds the '
+                                    'prompt length.')
+
+  def check(self) -> None:
+    """Raises a `UsageError` for a value out of range."""
+    check_positive(self.slots, self.max_steps)
+    if self.cache_size.value is not None:
+      check_flag(self.cache_size, self.cache_size.value >= 2, 'an int >= 2')
+
+  def overrides(self) -> dict[str, int]:
+    """The InterpreterConfig fields the flags set."""
+    return {flag.name: flag.value for flag in (self.slots, self.max_steps, self.cache_size)
+            if flag.value is not None}
+
+
+def define(define_flag: Callable[..., flags.FlagHolder], name: str, default: Any,
+           help_text: str, **kwargs: Any) -> flags.FlagHolder:
+  """`define_flag(name, default, help_text, **kwargs)` (`flags.DEFINE_string`, ...), or
+  the flag another command line already defined under that name: a notebook or a test
+  may import several of them into one process."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define_flag(name, default, help_text, **kwargs)
+
+
+def _integer_flag(name: str, help_text: str) -> flags.FlagHolder:
+  return define(flags.DEFINE_integer, name, None, help_text)
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
@@ -126,5 +164,6 @@ def _flag_error_text(text: str) -> str:
     reason = lines[-1]
     return f'{flag.group(1) + ": " if flag else ""}{reason}'
   text = re.sub(r'^flag (--)', r'\1', ' '.join(lines[:2]))
-  text = re.sub(r"invalid literal for int\(\) with base 10: (.*)$", r'expected an int, got \1', text)
+  text = re.sub(r"invalid literal for int\(\) with base 10: (.*)$", r'expected an int, got \1',
+                text)
   return re.sub(r'could not convert string to float: (.*)$', r'expected a float, got \1', text)

@@ -30,7 +30,7 @@ from pasta_jax import cli
 from pasta_jax import errors
 from pasta_jax import thread_colors
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Training run directory.')
+_WORKDIR = cli.define(flags.DEFINE_string, 'workdir', None, 'Training run directory.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 _PROMPTS = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeatable).')
 _PROMPTS_FILE = flags.DEFINE_string('prompts_file', None, 'A file with one prompt per line.')
@@ -38,11 +38,7 @@ _TEMPERATURE = flags.DEFINE_float('temperature', 0.0, '0 = greedy.')
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'Nucleus sampling threshold in (0, 1] '
                             '(with --temperature > 0).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Request i samples with seed + i.')
-_SLOTS = flags.DEFINE_integer('slots', None, 'Thread slots (default: the run config).')
-_MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Decode rounds per request.')
-_CACHE_SIZE = flags.DEFINE_integer(
-    'cache_size', None, 'KV-cache entries per request, prompt included (default: the run '
-    'config); it bounds the prompt length.')
+_DECODER = cli.InterpreterFlags()
 _TRACE = flags.DEFINE_string('trace', None, 'Write a JSON trace here.')
 _COLOR = flags.DEFINE_enum('color', 'auto', ['auto', 'always', 'never'], 'Thread colours.')
 
@@ -121,9 +117,7 @@ def check_flags(num_prompts: int) -> None:
     sampling.check_settings(_TEMPERATURE.value, _TOP_P.value)
   except ValueError as e:
     raise errors.UsageError(f'--{e}') from None
-  cli.check_positive(_SLOTS, _MAX_STEPS)
-  if _CACHE_SIZE.value is not None:
-    cli.check_flag(_CACHE_SIZE, _CACHE_SIZE.value >= 2, 'an int >= 2')
+  _DECODER.check()
   if _TRACE.value:
     folder = os.path.dirname(os.path.abspath(_TRACE.value))
     cli.check_flag(_TRACE, os.path.isdir(folder) and not os.path.isdir(_TRACE.value),
@@ -146,8 +140,7 @@ def main(argv: Sequence[str]) -> None:
   from pasta_jax.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
   from pasta_jax.runs import load_run  # pylint: disable=g-import-not-at-top
   run = load_run(_WORKDIR.value, _STEP.value)
-  overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
-                                 ('cache_size', _CACHE_SIZE.value)) if v is not None}
+  overrides = _DECODER.overrides()
   if overrides.get('slots') == 1:
     overrides['mode'] = 'sequential'
   if _TOP_P.value < 1:

@@ -47,10 +47,7 @@ _SEQUENTIAL = flags.DEFINE_string('sequential', None, 'Workdir of the sequential
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split to evaluate on.')
 _NUM_PROMPTS = flags.DEFINE_integer('num_prompts', None, 'Evaluate the first N prompts.')
-_SLOTS = flags.DEFINE_integer('slots', None, 'PASTA thread slots (default: the run config).')
-_MAX_STEPS = flags.DEFINE_integer('max_steps', None, 'Decode rounds per request.')
-_CACHE_SIZE = flags.DEFINE_integer(
-    'cache_size', None, 'KV-cache entries per request (default: the run config).')
+_DECODER = cli.InterpreterFlags()
 _CACHE_STAGES = flags.DEFINE_list(
     'cache_stages', None, 'Cache sizes the decode loop grows through before cache_size, '
     'e.g. 128,256 (default: the run config); an empty value: the whole cache throughout.')
@@ -81,15 +78,13 @@ def main(argv: Sequence[str]) -> None:
   if not (_PASTA.value and _SEQUENTIAL.value and _OUT.value):
     raise app.UsageError('--pasta, --sequential and --out are required')
   runs = parse_runs(_PASTA.value)
-  cli.check_positive(_NUM_PROMPTS, _SLOTS, _MAX_STEPS)
-  if _CACHE_SIZE.value is not None:
-    cli.check_flag(_CACHE_SIZE, _CACHE_SIZE.value >= 2, 'an int >= 2')
+  cli.check_positive(_NUM_PROMPTS)
+  _DECODER.check()
   cli.check_flag(_OUT, not os.path.exists(_OUT.value) or os.path.isdir(_OUT.value),
                  'a directory (this is a file)')
   from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
   from pasta_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
-  overrides = {k: v for k, v in (('slots', _SLOTS.value), ('max_steps', _MAX_STEPS.value),
-                                 ('cache_size', _CACHE_SIZE.value)) if v is not None}
+  overrides = _DECODER.overrides()
   for flag in (_CACHE_STAGES, _ROUND_WIDTHS):
     if flag.value is not None:
       try:

@@ -40,8 +40,9 @@ from pasta_jax.data import records
 from pasta_jax.settings import Mode
 from pasta_jax.training import inputs
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
+_CONFIG = cli.define(config_flags.DEFINE_config_file, 'config', None,
+                     'Config file (path[:preset]).')
+_WORKDIR = cli.define(flags.DEFINE_string, 'workdir', None, 'Output directory.')
 
 
 SPLITS = ('train', 'validation', 'test')

@@ -26,9 +26,10 @@ from ml_collections import config_flags
 
 from pasta_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (path[:preset]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, logs).')
+_CONFIG = cli.define(config_flags.DEFINE_config_file, 'config', None,
+                     'Config file (path[:preset]).', lock_config=True)
+_WORKDIR = cli.define(flags.DEFINE_string, 'workdir', None,
+                      'Run directory (checkpoints, logs).')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', os.environ.get('PASTA_DISTRIBUTED', '') not in ('', '0'),
     'Call jax.distributed.initialize() first (several hosts). Default: $PASTA_DISTRIBUTED.')

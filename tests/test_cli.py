@@ -119,3 +119,21 @@ def test_check_flag_and_check_positive():
   cli.check_flag(count, True, 'anything')
   values(['p', '--count=3'])
   cli.check_positive(count)
+
+
+def test_decode_and_evaluate_share_the_interpreter_flags():
+  """Both define --slots, --max_steps and --cache_size; one process imports both."""
+  from pasta_jax import evaluate  # pylint: disable=g-import-not-at-top
+  assert decode._DECODER.slots.name == evaluate._DECODER.slots.name == 'slots'
+  values = flags.FlagValues()
+  holders = {name: flags.DEFINE_integer(name, None, '', flag_values=values)
+             for name in ('slots', 'max_steps', 'cache_size')}
+  values(['prog', '--slots=0', '--cache_size=64'])
+  decoder = cli.InterpreterFlags.__new__(cli.InterpreterFlags)
+  decoder.slots, decoder.max_steps, decoder.cache_size = (
+      holders['slots'], holders['max_steps'], holders['cache_size'])
+  with pytest.raises(errors.UsageError, match=r'^--slots=0: expected an int >= 1$'):
+    decoder.check()
+  values(['prog', '--slots=4', '--cache_size=64'])
+  decoder.check()
+  assert decoder.overrides() == {'slots': 4, 'cache_size': 64}

@@ -205,7 +205,7 @@ def test_decode_cli_prints_threads_and_writes_a_trace(runs, tmp_path):
 def test_decode_cli_errors():
   result = subprocess.run([sys.executable, '-m', 'pasta_jax.decode', '--workdir=/nonexistent',
                            '--prompt=x'], capture_output=True, text=True, timeout=300)
-  assert result.returncode != 0 and 'not a training run directory' in result.stderr
+  assert result.returncode == 4 and result.stderr == 'error: /nonexistent does not exist\n'
   result = subprocess.run([sys.executable, '-m', 'pasta_jax.decode', '--workdir=/tmp'],
                           capture_output=True, text=True, timeout=300)
   assert result.returncode != 0 and 'at least one --prompt' in result.stderr

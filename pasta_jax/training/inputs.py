@@ -82,8 +82,9 @@ def check_lengths(config: ml_collections.ConfigDict, it: pipeline.Batches, split
   sample = ('' if lengths.checked == lengths.total else
             f' (a random sample of {lengths.checked} of its {lengths.total} examples)')
   if lengths.too_long == lengths.checked:
+    checked = ' checked' if sample else ''
     raise ConfigError(f'config.data.seq_len={data.seq_len} is shorter than every {split} '
-                      f'example{" checked" if sample else ""}{sample}: the shortest is {lengths.shortest} tokens, '
+                      f'example{checked}{sample}: the shortest is {lengths.shortest} tokens, '
                       'raise data.seq_len')
   share = (f'{lengths.too_long} of {lengths.checked} {split} examples{sample} '
            f'({100 * lengths.fraction:.2f}%) are longer than data.seq_len={data.seq_len} '

@@ -44,6 +44,18 @@ def tiny_config(tfds_dir, preset='tiny', **overrides):
   return config
 
 
+@pytest.fixture
+def no_compile(monkeypatch):
+  """Fails the test if training gets as far as building or compiling a step."""
+  def forbidden(*args, **kwargs):
+    raise AssertionError('compiled before the error')
+  from pasta_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
+  from pasta_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(step_lib, 'jit_steps', forbidden)
+  monkeypatch.setattr(state_lib, 'init_state', forbidden)
+  monkeypatch.setattr(state_lib, 'state_shardings', forbidden)
+
+
 # A 10-step run with checkpoints every 4 steps (used by the resume tests).
 RESUMABLE = {'train.num_steps': 10, 'checkpoint.every_steps': 4, 'eval.every_steps': 0,
              'train.log_every': 2, 'optimizer.warmup_steps': 3}

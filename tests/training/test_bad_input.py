@@ -26,15 +26,6 @@ from tests.training.conftest import tiny_config
 
 
 @pytest.fixture
-def no_compile(monkeypatch):
-  """Fails the test if training gets as far as building or compiling a step."""
-  def forbidden(*args, **kwargs):
-    raise AssertionError('compiled before the error')
-  monkeypatch.setattr(step_lib, 'jit_steps', forbidden)
-  monkeypatch.setattr(state_lib, 'init_state', forbidden)
-
-
-@pytest.fixture
 def no_first_step(monkeypatch):
   """Training stops with AssertionError('the first step') when it starts to train."""
   def first_step(*args):

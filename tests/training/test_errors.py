@@ -18,7 +18,6 @@ from pasta_jax.models import config as model_config_lib
 from pasta_jax.models import transformer
 from pasta_jax.training import loop
 from pasta_jax.training import partitioning
-from pasta_jax.training import state as state_lib
 from pasta_jax.training import step as step_lib
 
 from configs import synth
@@ -28,16 +27,6 @@ from tests.training.conftest import tiny_config
 
 def _mesh(data=1, fsdp=1, tensor=1):
   return types.SimpleNamespace(shape={'data': data, 'fsdp': fsdp, 'tensor': tensor})
-
-
-@pytest.fixture
-def no_compile(monkeypatch):
-  """Fails the test if training gets as far as building or compiling a step."""
-  def forbidden(*args, **kwargs):
-    raise AssertionError('compiled before the error')
-  monkeypatch.setattr(step_lib, 'jit_steps', forbidden)
-  monkeypatch.setattr(state_lib, 'init_state', forbidden)
-  monkeypatch.setattr(state_lib, 'state_shardings', forbidden)
 
 
 def test_unknown_keys_are_named_with_a_suggestion():
