@@ -121,6 +121,14 @@ def test_check_flag_and_check_positive():
   cli.check_positive(count)
 
 
+def test_the_command_lines_import_into_one_process():
+  """They share --workdir, --config, --slots, --max_steps and --cache_size."""
+  result = subprocess.run([sys.executable, '-c', 'import pasta_jax.train, pasta_jax.prepare, '
+                           'pasta_jax.decode, pasta_jax.evaluate'], capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_decode_and_evaluate_share_the_interpreter_flags():
   """Both define --slots, --max_steps and --cache_size; one process imports both."""
   from pasta_jax import evaluate  # pylint: disable=g-import-not-at-top
