@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import re
 from typing import Callable, Iterator, Sequence
@@ -32,6 +33,8 @@ from pasta_jax import lang
 SPLITS = ('train', 'validation', 'test')
 # Fractions of the prompt space assigned to each split (by prompt hash).
 SPLIT_FRACTIONS = {'train': 0.90, 'validation': 0.05, 'test': 0.05}
+# Prompts for stage-2 sampling: from the train bucket, minus the train split's prompts.
+PREFERENCE = 'preference'
 
 WORDS = (
     'ant', 'bee', 'cat', 'cow', 'dog', 'eel', 'elk', 'emu', 'fox', 'gnu', 'hen', 'jay',
@@ -186,6 +189,35 @@ def make_example(family: str, rng: random.Random, *,
                  json.dumps(facts, sort_keys=True))
 
 
+def _check_families(families: Sequence[str] | None) -> tuple[str, ...]:
+  families = tuple(families or FAMILIES)
+  unknown = [f for f in families if f not in FAMILIES]
+  if unknown:
+    raise ValueError(f'unknown families {unknown}; expected some of {tuple(FAMILIES)}')
+  return families
+
+
+def _draw(rng: random.Random, bucket: str, num_examples: int, families: tuple[str, ...],
+          exclude: frozenset[str], what: str, length_fn: Callable[[str], int],
+          quantum: int) -> Iterator[Example]:
+  """Examples from `rng` whose prompts hash to `bucket`, distinct and not in `exclude`."""
+  seen: set[str] = set()
+  count, attempts = 0, 0
+  while count < num_examples:
+    family = families[count % len(families)]
+    example = make_example(family, rng, length_fn=length_fn, quantum=quantum)
+    attempts += 1
+    if attempts > 1000 * (num_examples + 10):
+      raise RuntimeError(f'could not find {num_examples} distinct {what} prompts; '
+                         'the prompt space is too small for this request')
+    if (example.prompt in seen or example.prompt in exclude
+        or split_of(example.prompt) != bucket):
+      continue
+    seen.add(example.prompt)
+    count += 1
+    yield example
+
+
 def generate(split: str, num_examples: int, *, seed: int = 0,
              families: Sequence[str] | None = None,
              length_fn: Callable[[str], int] = estimate_length,
@@ -197,25 +229,131 @@ def generate(split: str, num_examples: int, *, seed: int = 0,
   """
   if split not in SPLITS:
     raise ValueError(f'unknown split {split!r}; expected one of {SPLITS}')
-  families = tuple(families or FAMILIES)
-  unknown = [f for f in families if f not in FAMILIES]
-  if unknown:
-    raise ValueError(f'unknown families {unknown}; expected some of {tuple(FAMILIES)}')
+  families = _check_families(families)
   rng = random.Random(f'pasta_synth/{seed}/{split}')
-  seen: set[str] = set()
-  count, attempts = 0, 0
-  while count < num_examples:
-    family = families[count % len(families)]
-    example = make_example(family, rng, length_fn=length_fn, quantum=quantum)
-    attempts += 1
-    if attempts > 1000 * (num_examples + 10):
-      raise RuntimeError(f'could not find {num_examples} distinct {split} prompts; '
-                         'the prompt space is too small for this request')
-    if example.prompt in seen or split_of(example.prompt) != split:
-      continue
-    seen.add(example.prompt)
-    count += 1
-    yield example
+  return _draw(rng, split, num_examples, families, frozenset(), split, length_fn, quantum)
+
+
+def generate_preference(num_examples: int, *, num_train: int, seed: int = 0,
+                        families: Sequence[str] | None = None,
+                        length_fn: Callable[[str], int] = estimate_length,
+                        quantum: int = lang.DEFAULT_QUANTUM) -> Iterator[Example]:
+  """Prompts for stage-2 sampling (the `preference` split), deterministically.
+
+  They hash to the training bucket, so they are disjoint from validation and test,
+  and they skip the prompts of `generate('train', num_train, seed=seed,
+  families=families)`, so they are disjoint from that training split too. They
+  come from a random stream of their own: the other splits do not change.
+  """
+  families = _check_families(families)
+  train = frozenset(e.prompt for e in generate('train', num_train, seed=seed,
+                                                families=families))
+  rng = random.Random(f'pasta_synth/{seed}/{PREFERENCE}')
+  return _draw(rng, 'train', num_examples, families, train, PREFERENCE, length_fn,
+               quantum)
+
+
+# ----------------------------------------------------------------------------
+# Imperfect annotations (the `noisy` builder configs): the same answers, other tags.
+
+# The post-sync line of each family that has one, and the labels whose results it
+# copies (n = the number of parts): the thread that over-annotation puts it in is
+# forked before those parts are joined, so it cannot see them.
+SUMMARIES = {
+    'reverse_join': ('joined', lambda n: LABELS[:n]),  # the first letter of every part
+    'mixed': ('last', lambda n: LABELS[n - 1]),  # where the last part's count ended
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+  """Rates of imperfect annotations (docs/synthetic_benchmark.md, "Noisy annotations").
+
+  Attributes:
+    under: fraction of the examples with promises (reverse_join, list_ops, mixed)
+      that leave some of their independent parts inline (1 to all, at random).
+    over: fraction of the examples with a post-sync summary (reverse_join, mixed)
+      that put the summary in an async thread of its own, which cannot see the
+      results it copies. Exclusive with `under`: under + over <= 1.
+    tokens: fraction of the examples that still have promises (after the two
+      above) whose promised lengths are all wrong.
+    tokens_factors: a wrong length is the right one times one of these (drawn per
+      promise), rounded up to the quantum and capped at `max_tokens`; a factor
+      that leaves it right is not drawn.
+    max_tokens: the largest promised length (the tokenizer's last length token).
+  """
+
+  under: float = 0.0
+  over: float = 0.0
+  tokens: float = 0.0
+  tokens_factors: tuple[float, ...] = (0.5, 2.0)
+  max_tokens: int = 100
+
+  def __post_init__(self):
+    for name in ('under', 'over', 'tokens'):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f'Noise.{name} must be in [0, 1], got {getattr(self, name)}')
+    if self.under + self.over > 1.0:
+      raise ValueError(f'Noise.under + Noise.over must be <= 1 (they exclude each '
+                       f'other), got {self.under} + {self.over}')
+    if not self.tokens_factors or any(f < 0 or f == 1 for f in self.tokens_factors):
+      raise ValueError(f'Noise.tokens_factors must be non-negative and not 1, got '
+                       f'{self.tokens_factors}')
+
+  @property
+  def active(self) -> bool:
+    return bool(self.under or self.over or self.tokens)
+
+
+def _wrong_tokens(tokens: int, factor: float, noise: Noise, quantum: int) -> int:
+  wrong = math.ceil(round(tokens * factor / quantum, 6)) * quantum
+  return min(wrong, noise.max_tokens // quantum * quantum)
+
+
+def corrupt(example: Example, noise: Noise, seed: int = 0, *,
+            length_fn: Callable[[str], int] = estimate_length,
+            quantum: int = lang.DEFAULT_QUANTUM) -> tuple[Example, dict]:
+  """An example with imperfect tags, and what was done to it.
+
+  Only `annotated` changes: it still parses and strips to `example.plain`. The
+  random choices depend on (seed, prompt) alone. The record has `under` (the
+  labels left inline), `over` ({'topic', 'needs': labels it cannot see}) and
+  `tokens` ({label: [right, promised]}) where they were applied; {} if none was.
+  """
+  rng = random.Random(f'pasta_synth/{seed}/noise/{example.prompt}')
+  nodes = list(example.document(quantum).nodes)
+  promises = [n for n in nodes if isinstance(n, lang.Promise)]
+  record: dict = {}
+  if not promises:
+    return example, record
+  summary = SUMMARIES.get(example.family)
+  u = rng.random()
+  if summary and u < noise.over:
+    # [..., Sync, Text(summary)] -> [..., Promise(summary)]: EOS joins every thread.
+    assert isinstance(nodes[-2], lang.Sync) and isinstance(nodes[-1], lang.Text)
+    topic, needs = summary
+    nodes[-2:] = [_promise(topic, nodes[-1].text, length_fn, quantum)]
+    record['over'] = {'topic': topic, 'needs': list(needs(len(promises)))}
+  elif u < (noise.over if summary else 0.0) + noise.under:
+    inline = rng.sample(promises, rng.randint(1, len(promises)))
+    nodes = [lang.Text(n.body) if n in inline else n for n in nodes]
+    if len(inline) == len(promises):  # nothing left to join
+      nodes = [n for n in nodes if not isinstance(n, lang.Sync)]
+    record['under'] = sorted(p.topic for p in inline)
+  if any(isinstance(n, lang.Promise) for n in nodes) and rng.random() < noise.tokens:
+    wrong = {}
+    for i, node in enumerate(nodes):
+      if isinstance(node, lang.Promise):
+        options = sorted({_wrong_tokens(node.tokens, f, noise, quantum)
+                          for f in noise.tokens_factors} - {node.tokens})
+        if options:
+          nodes[i] = dataclasses.replace(node, tokens=rng.choice(options))
+          wrong[node.topic] = [node.tokens, nodes[i].tokens]
+    if wrong:
+      record['tokens'] = wrong
+  doc = lang.Document(tuple(nodes))
+  assert lang.strip(doc) == example.plain, 'noise must not change the answer'
+  return dataclasses.replace(example, annotated=lang.serialize(doc)), record
 
 
 # ----------------------------------------------------------------------------

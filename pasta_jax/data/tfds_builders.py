@@ -46,32 +46,64 @@ def _features() -> tfds.features.FeaturesDict:
 # The synthetic benchmark.
 
 
+# Rates of the `noisy` configs (docs/synthetic_benchmark.md, "Noisy annotations").
+NOISY = dict(noise_under=0.2, noise_over=0.2, noise_tokens=0.2)
+
+
 @dataclasses.dataclass
 class PastaSynthConfig(tfds.core.BuilderConfig):
-  """Sizes and seed of one build of the synthetic benchmark."""
+  """Sizes, seed and annotation noise of one build of the synthetic benchmark.
+
+  The `noise_*` fields are `synthetic.Noise`'s (rates of imperfect annotations),
+  applied to `noisy_splits` only; test and preference are never noisy.
+  """
 
   num_train: int = 20_000
   num_validation: int = 500
   num_test: int = 500
+  num_preference: int = 2000
   seed: int = 0
   families: tuple[str, ...] = tuple(synthetic.FAMILIES)
   quantum: int = lang.DEFAULT_QUANTUM
+  noise_under: float = 0.0
+  noise_over: float = 0.0
+  noise_tokens: float = 0.0
+  noise_tokens_factors: tuple[float, ...] = (0.5, 2.0)
+  noise_max_tokens: int = synthetic.Noise.max_tokens
+  noisy_splits: tuple[str, ...] = ('train', 'validation')
+
+  @property
+  def noise(self) -> synthetic.Noise:
+    return synthetic.Noise(under=self.noise_under, over=self.noise_over,
+                           tokens=self.noise_tokens,
+                           tokens_factors=tuple(self.noise_tokens_factors),
+                           max_tokens=self.noise_max_tokens)
 
 
 class PastaSynth(tfds.core.GeneratorBasedBuilder):
   """The synthetic PASTA benchmark (docs/synthetic_benchmark.md), generated offline."""
 
-  VERSION = tfds.core.Version('1.1.0')
+  VERSION = tfds.core.Version('1.2.0')
   RELEASE_NOTES = {
       '1.0.0': 'Families reverse_join, list_ops, sequential, mixed.',
       '1.1.0': ('4-8 parts per parallel answer; short post-sync summaries (reverse_join: '
                 'the first letters, mixed: the last number); mixed: a header instead of '
                 'sorting; sequential: one count (count N from X) instead of count-to and sort.'),
+      '1.2.0': ('New split `preference` (prompts for stage-2 sampling, disjoint from '
+                'train, validation and test) and configs `noisy` and `tiny_noisy` '
+                '(imperfect train/validation annotations, recorded in `extras`). '
+                'train, validation and test of `default` and `tiny` are unchanged '
+                '(byte-identical to 1.1.0).'),
   }
   BUILDER_CONFIGS = [
       PastaSynthConfig(name='default', description='The full benchmark.'),
       PastaSynthConfig(name='tiny', description='A few hundred examples for tests.',
-                       num_train=400, num_validation=40, num_test=40),
+                       num_train=400, num_validation=40, num_test=40, num_preference=40),
+      PastaSynthConfig(name='noisy', description=(
+          'The full benchmark with imperfect train/validation annotations.'), **NOISY),
+      PastaSynthConfig(name='tiny_noisy', description='tiny with the noise of noisy.',
+                       num_train=400, num_validation=40, num_test=40, num_preference=40,
+                       **NOISY),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -85,18 +117,35 @@ class PastaSynth(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # Generated offline.
     config: PastaSynthConfig = self.builder_config
+    unknown = set(config.noisy_splits) - {'train', 'validation'}
+    if unknown:
+      raise ValueError(f'noisy_splits may hold train and validation, got {sorted(unknown)}')
     sizes = {'train': config.num_train, 'validation': config.num_validation,
              'test': config.num_test}
-    return {split: self._generate_examples(split, n) for split, n in sizes.items()}
+    splits = {split: self._generate_examples(split, n) for split, n in sizes.items()}
+    splits[synthetic.PREFERENCE] = self._generate_examples(synthetic.PREFERENCE,
+                                                           config.num_preference)
+    return splits
 
   def _generate_examples(self, split: str, num_examples: int):
     config: PastaSynthConfig = self.builder_config
-    examples = synthetic.generate(split, num_examples, seed=config.seed,
-                                  families=config.families, quantum=config.quantum)
+    if split == synthetic.PREFERENCE:
+      examples = synthetic.generate_preference(
+          num_examples, num_train=config.num_train, seed=config.seed,
+          families=config.families, quantum=config.quantum)
+    else:
+      examples = synthetic.generate(split, num_examples, seed=config.seed,
+                                    families=config.families, quantum=config.quantum)
+    noise = config.noise if split in config.noisy_splits else synthetic.Noise()
     for i, example in enumerate(examples):
+      extras = '{}'
+      if noise.active:
+        example, record = synthetic.corrupt(example, noise, config.seed,
+                                            quantum=config.quantum)
+        extras = json.dumps({'noise': record}, sort_keys=True)
       yield i, {'prompt': example.prompt, 'annotated_response': example.annotated,
                 'plain_response': example.plain, 'family': example.family,
-                'facts': example.facts, 'extras': '{}'}
+                'facts': example.facts, 'extras': extras}
 
 
 # ----------------------------------------------------------------------------
