@@ -1,12 +1,15 @@
 """The synthetic benchmark generator and its checkers."""
 
+import hashlib
 import json
 import random
 
 import pytest
 
 from pasta_jax import lang
+from pasta_jax.data import records
 from pasta_jax.data import synthetic
+from pasta_jax.data import tfds_builders
 
 
 def test_deterministic():
@@ -109,3 +112,85 @@ def test_mixed_checker():
   answer = '2 numbers, 3 steps each.\na) from 10: 11 12 13\nb) from 3: 4 5 6\nlast: 6.'
   assert synthetic.check('mixed', facts, answer) == 1.0
   assert synthetic.check('mixed', facts, answer.replace('last: 6.', 'last: 13.')) == 0.75
+
+
+# ----------------------------------------------------------------------------
+# The preference split (builder 1.2.0) and the splits 1.1.0 already had.
+
+
+def test_preference_prompts_are_disjoint_from_every_other_split():
+  preference = list(synthetic.generate_preference(200, num_train=400, seed=0))
+  prompts = [e.prompt for e in preference]
+  assert len(set(prompts)) == 200
+  assert [e.family for e in preference[:4]] == list(synthetic.FAMILIES)
+  train = {e.prompt for e in synthetic.generate('train', 400, seed=0)}
+  assert not set(prompts) & train
+  # The train hash bucket: no validation or test prompt of any size can be one.
+  assert all(synthetic.split_of(p) == 'train' for p in prompts)
+  assert preference == list(synthetic.generate_preference(200, num_train=400, seed=0))
+  for example in preference:
+    assert lang.strip(lang.validate(example.annotated)) == example.plain
+    assert synthetic.check(example.family, example.facts, example.plain) == 1.0
+
+
+# sha256 of the records of builder version 1.1.0 (before the preference split and
+# the noisy configs): the json of the six text fields per record, one line each.
+# Generator order (what _generate_examples yields), for both configs:
+V110_GENERATED = {
+    ('tiny', 'train'): 'fe71e050f822c32cdbdf6b0618ebdc50777346b2fb5ee6abec8e146008d465a1',
+    ('tiny', 'validation'): '7759ecfb5cd5e134524988fbe01d04933fc415f9c07bd67c3a1d73d0e516235f',
+    ('tiny', 'test'): '382c12247e59156261fb75121fef19ca473af6caae90bd8a5228df93094b4328',
+    ('default', 'train'): 'bcf6a25fe5ea4628d35b7bc4065bc1f35fba78ce566560cefacb5c4b046cef03',
+    ('default', 'validation'): 'f2f8aa565f768d7e885a8784b355423f5a5430c4705e47f2ad3d27fef3553942',
+    ('default', 'test'): 'e66b6f11561dd3ee823b3076c92741dab4fa62984c96cc68682b022cc6717eec',
+}
+# Stored order (read back from the ArrayRecord files of a tiny build).
+V110_STORED_TINY = {
+    'train': 'c6fd4ce2285b08cb77a23835c2ea220241c4a91ae252c5910cf373f5c9593ed4',
+    'validation': '19002fc8e571d4a5ba513461903c43017af600a82bf94f25d45a79512b51e4d8',
+    'test': 'f160c53992e24af7f1420d16b3d9daf06ee17cfdabb6d1bd21e05021d4ad37a1',
+}
+FIELDS = ('prompt', 'annotated_response', 'plain_response', 'family', 'facts', 'extras')
+
+
+def records_digest(records) -> tuple[int, str]:
+  """(count, sha256) of records: the json of their text fields, one line each."""
+  digest, count = hashlib.sha256(), 0
+  for record in records:
+    fields = [v.decode() if isinstance(v, bytes) else v
+              for v in (record[f] for f in FIELDS)]
+    digest.update(json.dumps(fields).encode() + b'\n')
+    count += 1
+  return count, digest.hexdigest()
+
+
+@pytest.mark.parametrize('name', ['tiny', 'default'])
+def test_existing_splits_are_those_of_version_1_1_0(name):
+  builder = tfds_builders.PastaSynth(config=name, data_dir='/nonexistent/not_written')
+  splits = builder._split_generators(None)  # pylint: disable=protected-access
+  assert set(splits) == {'train', 'validation', 'test', 'preference'}
+  for split in ('train', 'validation', 'test'):
+    count, digest = records_digest(record for _, record in splits[split])
+    assert count == getattr(builder.builder_config, f'num_{split}')
+    assert digest == V110_GENERATED[name, split], (name, split)
+
+
+def test_tiny_build_stores_the_1_1_0_records(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds_builders.PastaSynth(config='tiny', data_dir=str(tmp_path),
+                                     file_format=tfds_builders.FILE_FORMAT)
+  builder.download_and_prepare()
+  assert str(builder.info.version) == '1.2.0'
+  for split, expected in V110_STORED_TINY.items():
+    source = tfds.data_source('pasta_synth/tiny', split=split, data_dir=str(tmp_path))
+    assert records_digest(source[i] for i in range(len(source))) == (
+        len(source), expected), split
+  preference = tfds.data_source('pasta_synth/tiny', split='preference',
+                                data_dir=str(tmp_path))
+  assert len(preference) == 40
+  stored = {records.decode_text(preference[i]['prompt']) for i in range(40)}
+  others = {records.decode_text(s[i]['prompt'])
+            for s in (tfds.data_source('pasta_synth/tiny', split=split,
+                                       data_dir=str(tmp_path)) for split in ('train', 'validation', 'test'))
+            for i in range(len(s))}
+  assert len(stored) == 40 and not stored & others
