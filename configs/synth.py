@@ -21,6 +21,10 @@ Presets (`configs/synth.py:NAME`):
   tiny              the 400-example build and the `tiny` model, a few steps: tests
                     and smoke runs.
   tiny_sequential   tiny, sequential.
+  noisy             PASTA model on the `noisy` build: imperfect train/validation
+                    annotations for stage 2 to fix (docs/synthetic_benchmark.md);
+                    promised lengths as annotated, so wrong ones reach the model.
+  tiny_noisy        tiny on the `tiny_noisy` build.
 Any field can be overridden, e.g. `--config.train.num_steps=200`.
 """
 
@@ -28,7 +32,7 @@ import ml_collections
 
 from pasta_jax import config as config_lib
 
-PRESETS = ('sequential', 'tiny', 'tiny_sequential')
+PRESETS = ('sequential', 'tiny', 'tiny_sequential', 'noisy', 'tiny_noisy')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -94,7 +98,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh.shape = (-1, 1, 1)  # data parallel over every device
 
-  if arg in ('tiny', 'tiny_sequential'):
+  if arg in ('tiny', 'tiny_sequential', 'tiny_noisy'):
     config.data.tfds_config = 'tiny'
     config.tokenizer.num_texts = 400
     config.optimizer.warmup_steps = 5
@@ -102,9 +106,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 5
     config.eval.every_steps = 20
     config.checkpoint.every_steps = 20
-  elif arg not in (None, '', 'sequential'):
+  elif arg not in (None, '', 'sequential', 'noisy'):
     raise ValueError(f"unknown preset {arg!r} for configs/synth.py (presets: "
                      f"{', '.join(repr(p) for p in PRESETS)})")
   if arg in ('sequential', 'tiny_sequential'):
     config.data.mode = 'sequential'
+  if arg in ('noisy', 'tiny_noisy'):
+    config.data.tfds_config = arg
+    # 'measured' would re-measure every promise and erase the wrong lengths.
+    config.data.promise_lengths = 'annotated'
   return config
