@@ -5,7 +5,9 @@ Every example has a prompt, an annotated response (PASTA-LANG), the plain respon
 score any answer exactly. Generation is offline and deterministic for a
 (split, seed): the same call always yields the same examples, and a prompt belongs
 to exactly one split (chosen by a hash of the prompt), so test prompts never
-appear in training.
+appear in training. The `preference` prompts (stage 2) hash to the training bucket
+and skip the training split's prompts (`generate_preference`); `corrupt` makes the
+imperfect annotations of the noisy builds (`Noise`).
 
 Families (docs/synthetic_benchmark.md describes them with examples):
 

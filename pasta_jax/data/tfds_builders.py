@@ -47,7 +47,7 @@ def _features() -> tfds.features.FeaturesDict:
 
 
 # Rates of the `noisy` configs (docs/synthetic_benchmark.md, "Noisy annotations").
-NOISY = dict(noise_under=0.2, noise_over=0.2, noise_tokens=0.2)
+NOISY = {'noise_under': 0.2, 'noise_over': 0.2, 'noise_tokens': 0.2}
 
 
 @dataclasses.dataclass

@@ -79,8 +79,8 @@ def test_rates_are_met_on_the_tiny_noisy_build(built):
     assert not {'under', 'over'} <= set(_noise(r))  # exclusive
 
 
-@pytest.mark.parametrize('rates', [dict(under=0.5, over=0.3, tokens=0.7),
-                                   dict(under=0.1, over=0.6, tokens=0.05)])
+@pytest.mark.parametrize('rates', [{'under': 0.5, 'over': 0.3, 'tokens': 0.7},
+                                   {'under': 0.1, 'over': 0.6, 'tokens': 0.05}])
 def test_rates_are_met_by_corrupt(rates):
   noise = synthetic.Noise(**rates)
   examples = list(synthetic.generate('train', 1200, seed=5))

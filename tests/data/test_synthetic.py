@@ -189,8 +189,8 @@ def test_tiny_build_stores_the_1_1_0_records(tmp_path):
                                 data_dir=str(tmp_path))
   assert len(preference) == 40
   stored = {records.decode_text(preference[i]['prompt']) for i in range(40)}
-  others = {records.decode_text(s[i]['prompt'])
-            for s in (tfds.data_source('pasta_synth/tiny', split=split,
-                                       data_dir=str(tmp_path)) for split in ('train', 'validation', 'test'))
-            for i in range(len(s))}
+  others = set()
+  for split in ('train', 'validation', 'test'):
+    source = tfds.data_source('pasta_synth/tiny', split=split, data_dir=str(tmp_path))
+    others |= {records.decode_text(source[i]['prompt']) for i in range(len(source))}
   assert len(stored) == 40 and not stored & others
