@@ -225,6 +225,12 @@ class Interpreter:
     return [encoding.encode_prompt(p, self.tokenizer, self.template) for p in prompts]
 
   @property
+  def batch_split(self) -> int:
+    """How many shards a batch's requests are split into (1 without a mesh);
+    `generate_ids` pads its batches to a multiple of it."""
+    return self._batch_split
+
+  @property
   def max_prompt_tokens(self) -> int:
     """The longest prompt (in tokens) a request takes: the largest bucket."""
     return self.buckets[-1]
