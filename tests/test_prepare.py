@@ -18,7 +18,7 @@ def test_prepare_tiny(tmp_path):
   summary = prepare.prepare(config, str(tmp_path / 'work'), out=out)
   text = out.getvalue()
   assert 'Every document survived encode -> decode' in text
-  assert 'pasta_synth/tiny/1.1.0 (train 400, validation 40, test 40)' in text
+  assert 'pasta_synth/tiny/1.2.0 (train 400, validation 40, test 40, preference 40)' in text
   assert '| test | reverse_join |' in text and 'thread 1' in text
   assert 'A packed training batch:' in text
   assert summary['train/sequential']['speedup_geomean'] == 1.0
