@@ -45,7 +45,7 @@ def model(tok):
 @pytest.fixture(scope='module')
 def pairs(tok):
   """Laid-out pairs: the handmade ones and synthetic (answer, another answer)."""
-  examples = list(synthetic.generate('test', 3))
+  examples = list(synthetic.generate('test', 2))
   triples = HANDMADE + [(e.prompt, e.annotated, examples[i - 1].annotated)
                         for i, e in enumerate(examples)]
   return [logprobs.layout_pair(*t, tok) for t in triples]
@@ -130,3 +130,22 @@ def test_interpreter_replay_gives_the_same_logp(tok, model, pairs, training_forw
     log_softmax = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
     replayed.append(np.take_along_axis(log_softmax, written[:, None], axis=1).sum())
   np.testing.assert_allclose(np.reshape(replayed, (-1, 2)), sums, rtol=1e-4, atol=1e-2)
+
+
+def test_pack_pairs_fills_rows_in_order_and_leaves_out_long_pairs(pairs):
+  sizes = [len(p) for p in pairs]
+  seq_len = sorted(sizes)[-2]  # the longest pair cannot fit
+  packed = logprobs.pack_pairs(pairs, batch_size=2, seq_len=seq_len, pairs_per_row=4,
+                               pad_id=0)
+  assert packed.too_long == (int(np.argmax(sizes)),)
+  placed = []
+  for batch in packed.batches:
+    assert batch['tokens'].shape == (2, seq_len)
+    for row, index in zip(batch['segment'], batch['pair_index']):
+      index = index[index >= 0]
+      placed += index.tolist()
+      assert row.max(initial=0) == 2 * len(index)  # y+, y- of each pair
+      assert (row > 0).sum() == sum(sizes[i] for i in index)
+  assert sorted(placed) == [i for i in range(len(pairs)) if i not in packed.too_long]
+  with pytest.raises(ValueError, match='pairs_per_row'):
+    logprobs.pack_pairs(pairs, batch_size=2, seq_len=8, pairs_per_row=0, pad_id=0)
