@@ -41,16 +41,27 @@ Batch = Mapping[str, jax.Array]
 KINDS = ('', 'main_', 'async_')
 
 
-def loss_sums(params, batch: Batch, model: transformer.Transformer
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """(sum of weighted cross-entropy, metric sums) of one batch."""
+def target_log_probs(params, batch: Batch, model: transformer.Transformer
+                     ) -> tuple[jax.Array, jax.Array]:
+  """(float32 log-prob of each token's target [B, T], float32 logits [B, T, V]).
+
+  The training forward pass; `loss_weights` says which entries are targets.
+  """
   meta = pipeline.meta_of(batch)
   logits_BTV, _ = model.apply({'params': params}, batch['tokens'], batch['positions'],
                               (meta, meta))
   logits_BTV = logits_BTV.astype(jnp.float32)
+  target_logit_BT = jnp.take_along_axis(logits_BTV, batch['targets'][..., None],
+                                        axis=-1)[..., 0]
+  return target_logit_BT - jax.nn.logsumexp(logits_BTV, axis=-1), logits_BTV
+
+
+def loss_sums(params, batch: Batch, model: transformer.Transformer
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(sum of weighted cross-entropy, metric sums) of one batch."""
+  logp_BT, logits_BTV = target_log_probs(params, batch, model)
   targets_BT = batch['targets']
-  target_logit_BT = jnp.take_along_axis(logits_BTV, targets_BT[..., None], axis=-1)[..., 0]
-  ce_BT = jax.nn.logsumexp(logits_BTV, axis=-1) - target_logit_BT
+  ce_BT = -logp_BT
   correct_BT = (jnp.argmax(logits_BTV, axis=-1) == targets_BT).astype(jnp.float32)
   weights_BT = batch['loss_weights'].astype(jnp.float32)
   main_BT = (batch['thread'] == 0).astype(jnp.float32)
