@@ -1,1 +1,1 @@
-"""Stage 2: preference optimisation (BoNBoN) of a PASTA model (docs/design.md section 10)."""
+"""Stage 2: preference optimisation (BoNBoN) of a PASTA model (docs/design.md section 7)."""
