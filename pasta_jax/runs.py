@@ -169,9 +169,11 @@ def damaged(directory: str, step: int, what: str, steps: Sequence[int], *,
   return errors.CheckpointError(f'{message}\n{hint}')
 
 
-def _abort_noise(exc: BaseException | None) -> bool:
+def abort_noise(exc: BaseException | None) -> bool:
+  """Whether `exc` is what orbax's abandoned background work raises after an abort."""
   text = str(exc)
-  return ((isinstance(exc, RuntimeError) and text == 'Event loop is closed')
+  return ((isinstance(exc, RuntimeError) and text in (
+      'Event loop is closed', 'cannot schedule new futures after shutdown'))
           or (isinstance(exc, ImportError) and 'Python is likely shutting down' in text))
 
 
@@ -193,7 +195,7 @@ def quiet_orbax_aborts() -> None:
   previous = sys.unraisablehook
 
   def hook(unraisable):
-    if not _abort_noise(unraisable.exc_value):
+    if not abort_noise(unraisable.exc_value):
       previous(unraisable)
 
   sys.unraisablehook = hook

@@ -232,16 +232,21 @@ def disk_full_path(exc: BaseException) -> str | None:
   return None
 
 
+_SHUTDOWN = 'cannot schedule new futures after shutdown'
+
+
 class _DiskFullFilter(std_logging.Filter):
   """Drops orbax's log records (with tracebacks) of a full disk: the error is
   raised once, in the main thread, as a ResourceError."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    if record.exc_info and record.exc_info[1] is not None and \
-        disk_full_path(record.exc_info[1]) is not None:
+    error = record.exc_info[1] if record.exc_info else None
+    if error is not None and (disk_full_path(error) is not None or runs.abort_noise(error)):
       return False
     message = record.getMessage()
-    return not ('No space left on device' in message or "os_error_code='28'" in message)
+    # The other background writes of an aborted save, failing as the executor shuts down.
+    return not ('No space left on device' in message or "os_error_code='28'" in message
+                or _SHUTDOWN in message)
 
 
 def _data_state_files(directory: str) -> dict[tuple[int, int], str]:
