@@ -22,6 +22,21 @@ from tests.training.conftest import tfds_dir  # pylint: disable=unused-import
 from tests.training.conftest import tiny_config
 
 
+@pytest.fixture(scope='module', autouse=True)
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache for the module: every run of the driver
+  builds new jitted programs (interpreter, steps) that are the same programs."""
+  names = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+           'jax_persistent_cache_min_entry_size_bytes')
+  previous = {n: getattr(jax.config, n) for n in names}
+  jax.config.update(names[0], str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update(names[1], 0)
+  jax.config.update(names[2], 0)
+  yield
+  for name, value in previous.items():
+    jax.config.update(name, value)
+
+
 class Killed(Exception):
   """Stands for a kill in the middle of a phase."""
 
