@@ -50,10 +50,12 @@ from pasta_jax import config as config_lib
 from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax import runs
+from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.config import ConfigError
 from pasta_jax.data import records as records_lib
 from pasta_jax.interpreter import Interpreter
 from pasta_jax.models import sharding as model_sharding
+from pasta_jax.models.config import TransformerConfig
 from pasta_jax.preference import logprobs
 from pasta_jax.preference import loss as loss_lib
 from pasta_jax.preference import sampling
@@ -232,8 +234,8 @@ class _Context:
 
   config: ml_collections.ConfigDict  # the rounds' effective config
   workdir: str
-  tok: Any
-  model_config: Any
+  tok: tokenizer_lib.Tokenizer
+  model_config: TransformerConfig
   mesh: jax.sharding.Mesh
   rules: list
   prompts: list[str]

@@ -11,15 +11,19 @@ import pytest
 from pasta_jax import errors
 from pasta_jax import runs
 from pasta_jax.config import ConfigError
+from pasta_jax.data import build
 from pasta_jax.preference import logprobs
 from pasta_jax.preference import rounds
 from pasta_jax.preference import sampling
 from pasta_jax.training import loop
 from pasta_jax.training import metrics as metrics_lib
 
+from configs import synth
 from configs import synth_po
-from tests.training.conftest import tfds_dir  # pylint: disable=unused-import
-from tests.training.conftest import tiny_config
+from tests import fixtures
+
+
+_fast_compiles = pytest.fixture(scope='module', autouse=True)(fixtures.fast_compiles)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -42,11 +46,26 @@ class Killed(Exception):
 
 
 @pytest.fixture(scope='module')
+def tfds_dir(tmp_path_factory):
+  """A data_dir holding pasta_synth/tiny (with its 40 preference prompts)."""
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  config = synth.get_config('tiny')
+  config.data.data_dir = data_dir
+  build.builder(config.data)
+  return data_dir
+
+
+@pytest.fixture(scope='module')
 def init_run(tfds_dir, tmp_path_factory):  # pylint: disable=redefined-outer-name
   """A stage-1 tiny run trained 4 steps."""
   workdir = str(tmp_path_factory.mktemp('stage1') / 'run')
-  loop.train_and_evaluate(tiny_config(tfds_dir, **{
-      'train.num_steps': 4, 'eval.every_steps': 0, 'checkpoint.every_steps': 4}), workdir)
+  config = synth.get_config('tiny')
+  config.data.data_dir = tfds_dir
+  config.data.prefetch = 0
+  config.train.num_steps = 4
+  config.eval.every_steps = 0
+  config.checkpoint.every_steps = 4
+  loop.train_and_evaluate(config, workdir)
   return workdir
 
 
@@ -58,8 +77,8 @@ def po_config(tfds_dir, init_run, **po):  # pylint: disable=redefined-outer-name
   config.init.run = init_run
   config.interpreter.max_steps = 48
   config.interpreter.cache_size = 160
-  config.po.update(dict(dict(num_prompts=4, num_samples=3, chunk_prompts=2, rounds=1,
-                             train_steps=3, checkpoint_every=2, lr=1e-4), **po))
+  config.po.update({'num_prompts': 4, 'num_samples': 3, 'chunk_prompts': 2, 'rounds': 1,
+                    'train_steps': 3, 'checkpoint_every': 2, 'lr': 1e-4, **po})
   return config
 
 
