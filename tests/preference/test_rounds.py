@@ -3,6 +3,8 @@ and a run killed in every phase that resumes to the uninterrupted run's outputs.
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -245,3 +247,18 @@ def test_user_errors(tfds_dir, tmp_path):  # pylint: disable=redefined-outer-nam
   config.init.run = ''
   with pytest.raises(ConfigError, match='config.init.run'):
     rounds.run_rounds(config, str(tmp_path / 'po'))
+
+
+def test_train_command_runs_stage_two_for_a_po_config(tmp_path):
+  """`python -m pasta_jax.train` hands a config with a po section to the round
+  driver: a missing init.run is its CheckpointError (exit status 4)."""
+  root = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+  env = {**os.environ, 'PYTHONPATH': root + os.pathsep + os.environ.get('PYTHONPATH', ''),
+         'JAX_PLATFORMS': 'cpu'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'pasta_jax.train', '--config', 'configs/synth_po.py:tiny',
+       f'--workdir={tmp_path}/po', f'--config.init.run={tmp_path}/no_such_run',
+       '--config.po.lam=inf'], capture_output=True, text=True, timeout=300, env=env,
+      cwd=root)
+  assert result.returncode == errors.CheckpointError.exit_status, result.stderr
+  assert f'error: {tmp_path}/no_such_run does not exist' in result.stderr
