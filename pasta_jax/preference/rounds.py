@@ -242,6 +242,7 @@ class _Context:
   records: dict[int, Mapping[str, Any]]
   primary: bool
   stream: IO[str] | None
+  init: tuple[str, int]  # init.run's directory and checkpoint step
   stop: loop.StopRequest | None = None
 
   def message(self, text: str) -> None:
@@ -306,7 +307,8 @@ def run_rounds(config: ml_collections.ConfigDict, workdir: str, *,
   ctx = _Context(config=config, workdir=workdir, tok=init_run.tokenizer,
                  model_config=model_config, mesh=mesh, rules=rules,
                  prompts=[records_lib.decode_text(records[i]['prompt']) for i in range(count)],
-                 records=records, primary=primary, stream=stream)
+                 records=records, primary=primary, stream=stream,
+                 init=(init_run.workdir, init_run.step))
   os.makedirs(workdir, exist_ok=True)
   ctx.message(f'{workdir}: {config.po.rounds} preference round(s) from {init_run.workdir} '
               f'(step {init_run.step}), {count} prompts x {config.po.num_samples} samples, '
@@ -376,7 +378,8 @@ def _latest_step(directory: str) -> int | None:
 
 def _sample_settings(ctx: _Context, r: int) -> dict[str, Any]:
   po = ctx.config.po
-  return {'split': po.split, 'prompts': len(ctx.prompts), 'num_samples': po.num_samples,
+  return {'init_run': list(ctx.init), 'split': po.split, 'prompts': len(ctx.prompts),
+          'num_samples': po.num_samples,
           'temperature': po.temperature, 'top_p': po.top_p, 'seed': round_seed(
               ctx.config.seed, r)}
 

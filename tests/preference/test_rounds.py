@@ -3,6 +3,7 @@ and a run killed in every phase that resumes to the uninterrupted run's outputs.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -202,6 +203,11 @@ def test_killed_in_every_phase_resumes_to_the_same_outputs(straight, tfds_dir, i
   assert rounds.read_marker(directory, 'scored') is None
   run_killed('_mark', rounds, kill_before('reference'))
   assert rounds.read_marker(directory, 'reference') is None
+  # A finished phase refuses another starting model.
+  other = str(tmp_path / 'other_run')
+  shutil.copytree(init_run, other)
+  with pytest.raises(ConfigError, match='init_run'):
+    rounds.run_rounds(po_config(tfds_dir, other), workdir)
 
   # 4. Training, once the checkpoint of step 2 is saved.
   original_save = rounds.RoundCheckpoints.save
@@ -259,6 +265,6 @@ def test_train_command_runs_stage_two_for_a_po_config(tmp_path):
       [sys.executable, '-m', 'pasta_jax.train', '--config', 'configs/synth_po.py:tiny',
        f'--workdir={tmp_path}/po', f'--config.init.run={tmp_path}/no_such_run',
        '--config.po.lam=inf'], capture_output=True, text=True, timeout=300, env=env,
-      cwd=root)
+      cwd=root, check=False)
   assert result.returncode == errors.CheckpointError.exit_status, result.stderr
   assert f'error: {tmp_path}/no_such_run does not exist' in result.stderr
