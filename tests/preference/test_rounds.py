@@ -171,14 +171,20 @@ def test_killed_in_every_phase_resumes_to_the_same_outputs(straight, tfds_dir, i
       with pytest.raises(Killed):
         rounds.run_rounds(config(), workdir)
 
-  # 1. Sampling, after its first chunk (and a partial line of a second append).
-  original_sample = sampling.sample_prompts
+  # 1. Sampling, stopped by a signal after its first chunk (SIGTERM's path,
+  # without a signal), then a partial line as a kill during the next append leaves.
+  class StopAfterOneChunk(loop.StopRequest):
 
-  def sample_then_kill(*args, **kwargs):
-    original_sample(*args, **kwargs)
-    raise Killed()
+    def requested(self):
+      self.calls = getattr(self, 'calls', 0) + 1
+      if self.calls >= 2:
+        self.signal = 15
+      return self.signal is not None
 
-  run_killed('sample_prompts', sampling, sample_then_kill)
+  with monkeypatch.context() as mp:
+    mp.setattr(loop, 'StopRequest', StopAfterOneChunk)
+    stopped = rounds.run_rounds(config(), workdir)
+  assert stopped.stopped_by == 15 and stopped.rounds == ()
   samples_path = os.path.join(directory, rounds.SAMPLES_FILE)
   assert len(sampling.SampleStore(samples_path).chunks) == 1
   assert rounds.read_marker(directory, 'sampled') is None
