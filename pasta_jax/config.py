@@ -15,13 +15,17 @@ beside its checkpoints. Sections:
                 builds the decoder's config from it.
   model         every `models.TransformerConfig` field (`model_fields(preset)`);
                 vocab_size 0 means the tokenizer's.
-  init          params from a Gemma checkpoint instead of random ones.
+  init          params from a Gemma checkpoint instead of random ones; `run`, the
+                stage-1 run that stage 2 starts from.
   optimizer     AdamW, warmup + decay schedule, clipping, accumulation.
   train         length of the run, how often it logs, what a non-finite step does.
   eval          periodic validation loss.
   checkpoint    orbax CheckpointManager settings.
   mesh          device mesh ('data', 'fsdp', 'tensor') and logical axis rules
                 (`rules_for`).
+  po            (stage 2 only; `po_fields()`) preference-optimisation rounds
+                (`pasta_jax.preference.rounds`): a config with this section is a
+                stage-2 run, started from the stage-1 run `init.run`.
 """
 
 from __future__ import annotations
@@ -129,6 +133,7 @@ def defaults() -> ConfigDict:
   c.init.checkpoint = ''               # '' = random init
   c.init.format = 'converted'          # scripts/convert_hf_checkpoint.py output, or 'orbax'
   c.init.trim_vocab = False            # official Gemma 1/2 tables have padding rows
+  c.init.run = ''                      # stage 2: the stage-1 run directory it starts from
 
   c.optimizer = ConfigDict()
   c.optimizer.lr = 1e-3                # peak learning rate
@@ -165,6 +170,35 @@ def defaults() -> ConfigDict:
   c.mesh.shape = (-1, 1, 1)            # (data, fsdp, tensor); one -1 = the remaining devices
   c.mesh.rules = ()                    # (logical, mesh axes) pairs replacing the default rules
   return c
+
+
+def po_fields() -> ConfigDict:
+  """The `po` section of a stage-2 config (docs/design.md section 7), with defaults."""
+  po = ConfigDict()
+  po.lam = 4.0                 # score = speedup + lam * quality; float('inf') or 'inf':
+                               # quality first, speed breaks ties
+  po.rounds = 2                # rounds, each from the previous round's model
+  po.split = 'preference'      # the dataset split whose prompts are sampled
+  po.num_prompts = 0           # the split's first prompts; 0 = all of them
+  po.num_samples = 10          # N samples per prompt
+  po.temperature = 1.0
+  po.top_p = 1.0
+  po.sample_batch_size = 32    # interpreter requests per call
+  po.chunk_prompts = 64        # prompts per stored (resumable) chunk of samples
+  po.alpha = 0.1               # BoNBoN: weight of -logp(y+) (untuned default)
+  po.beta = 0.5                # BoNBoN: the IPO term pulls h towards 1 / (2 beta)
+  po.batch_size = 8            # rows of a pair batch
+  po.seq_len = 0               # length of a pair batch row; 0 = 2 * data.seq_len
+  po.pairs_per_row = 1         # pairs packed into one row at most
+  po.train_steps = 0           # updates per round; 0 = derive from epochs
+  po.epochs = 1.0              # passes over the round's pairs when train_steps is 0
+  po.lr = 1e-5                 # peak learning rate (other AdamW settings: optimizer.*)
+  po.schedule = 'linear'       # linear, cosine or constant, after warmup
+  po.warmup_steps = 0
+  po.end_lr_factor = 0.0
+  po.log_every = 10
+  po.checkpoint_every = 100    # checkpoints within a round (and one at its end)
+  return po
 
 
 def _unknown(path: str, key: str, known) -> ConfigError:
@@ -234,9 +268,25 @@ def resolve(config: Mapping[str, Any]) -> ConfigDict:
     if missing:
       raise ConfigError(f'config.model lacks the fields {missing}: build the section with '
                         'pasta_jax.config.model_fields(preset, **overrides)')
+  po = given.pop('po', None)
   out = _merge(defaults(), given, '')
+  if po is not None:
+    if not isinstance(po, (ConfigDict, Mapping)):
+      raise ConfigError(f'config key po must be a section, got {po!r}')
+    po = dict(po)
+    if isinstance(po.get('lam'), str):
+      po['lam'] = _lam(po['lam'])
+    out.po = _merge(po_fields(), po, 'po.')
   check_values(out)
   return out
+
+
+def _lam(value: str) -> float:
+  """po.lam given as text ('inf', '2')."""
+  try:
+    return float(value)
+  except ValueError:
+    raise ConfigError(f'config.po.lam={value!r}: expected a number >= 0 or \'inf\'') from None
 
 
 def check_values(c: ConfigDict) -> None:
@@ -298,12 +348,49 @@ def check_values(c: ConfigDict) -> None:
     need(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str),
          'mesh.rules', "pairs (logical name, mesh axis or axes or None), e.g. "
          "(('batch', ('data', 'fsdp')), ('embed', 'fsdp'))")
+  if 'po' in c:
+    _check_po(c, need)
+  else:
+    need(not c.init.run, 'init.run', "'' outside stage 2 (a stage-2 config has a po "
+         'section, e.g. configs/synth_po.py)')
   try:
     interpreter_config(c)
   except ConfigError:
     raise
   except (TypeError, ValueError) as e:
     raise ConfigError(f'{_interpreter_key(c, str(e))}: {e}') from None
+
+
+def _check_po(c: ConfigDict, need) -> None:
+  """Value checks of a stage-2 config (`po` section, `init.run`)."""
+  po = c.po
+  need(bool(c.init.run), 'init.run', 'the stage-1 run directory stage 2 starts from '
+       '(--config.init.run=workdir/synth_pasta)')
+  need(c.data.name == 'pasta_synth', 'data.name',
+       "'pasta_synth' in stage 2 (its exact checker scores the samples' quality)")
+  need(po.lam >= 0, 'po.lam', "a number >= 0 or 'inf'")  # NaN fails too
+  need(po.rounds >= 1, 'po.rounds', 'an int >= 1')
+  need(bool(po.split), 'po.split', "a split of the dataset (e.g. 'preference')")
+  need(po.num_prompts >= 0, 'po.num_prompts', 'an int >= 0 (0 = the whole split)')
+  need(po.num_samples >= 2, 'po.num_samples', 'an int >= 2 (a pair needs two samples)')
+  need(po.temperature > 0, 'po.temperature', 'a float > 0')
+  need(0 < po.top_p <= 1, 'po.top_p', 'a float in (0, 1]')
+  need(po.sample_batch_size >= 1, 'po.sample_batch_size', 'an int >= 1')
+  need(po.chunk_prompts >= 1, 'po.chunk_prompts', 'an int >= 1')
+  need(0 <= po.alpha <= 1, 'po.alpha', 'a float in [0, 1]')
+  need(po.beta > 0, 'po.beta', 'a float > 0')
+  need(po.batch_size >= 1, 'po.batch_size', 'an int >= 1')
+  need(po.seq_len == 0 or po.seq_len >= 2, 'po.seq_len', 'an int >= 2 (0 = 2 * data.seq_len)')
+  need(po.pairs_per_row >= 1, 'po.pairs_per_row', 'an int >= 1')
+  need(po.train_steps >= 0, 'po.train_steps', 'an int >= 0 (0 = derive from po.epochs)')
+  need(po.train_steps > 0 or po.epochs > 0, 'po.epochs',
+       'a number > 0 when po.train_steps is 0')
+  need(po.lr > 0, 'po.lr', 'a float > 0')
+  need(po.schedule in SCHEDULES, 'po.schedule', f'one of {SCHEDULES}')
+  need(po.warmup_steps >= 0, 'po.warmup_steps', 'an int >= 0')
+  need(0 <= po.end_lr_factor <= 1, 'po.end_lr_factor', 'a float in [0, 1]')
+  need(po.log_every >= 1, 'po.log_every', 'an int >= 1')
+  need(po.checkpoint_every >= 1, 'po.checkpoint_every', 'an int >= 1')
 
 
 def _interpreter_key(c: ConfigDict, message: str) -> str:

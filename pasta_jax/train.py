@@ -11,7 +11,13 @@ overrides a field. A workdir that already holds checkpoints is resumed.
 scripts/launch_tpu_pod.sh and docs/multihost.md); `--coordinator_address`,
 `--num_processes` and `--process_id` set what a cluster does not detect by
 itself. The work happens in
-`pasta_jax.training.loop.train_and_evaluate`.
+`pasta_jax.training.loop.train_and_evaluate`; a config with a `po` section
+(configs/synth_po.py) runs stage 2 instead, the preference-optimisation rounds of
+`pasta_jax.preference.rounds.run_rounds`, starting from the stage-1 run
+`--config.init.run`:
+
+  python -m pasta_jax.train --config configs/synth_po.py --workdir workdir/synth_po \
+      --config.init.run=workdir/synth_pasta --config.po.lam=2
 """
 
 from __future__ import annotations
@@ -55,6 +61,10 @@ def main(argv: Sequence[str]) -> None:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  if 'po' in _CONFIG.value:
+    from pasta_jax.preference import rounds  # pylint: disable=g-import-not-at-top
+    rounds.run_rounds(_CONFIG.value, _WORKDIR.value)
+    return
   from pasta_jax.training import loop  # pylint: disable=g-import-not-at-top
   loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
