@@ -13,6 +13,9 @@ from pasta_jax import cli
 from pasta_jax import decode
 from pasta_jax import errors
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 

@@ -14,6 +14,9 @@ from pasta_jax import errors
 from pasta_jax.data import build
 from pasta_jax.data import tfds_builders
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 GOOD = json.dumps({'prompt': 'p', 'annotated_response':
                    'a<promise topic="x" tokens="10"/><async>b</async>c'})
 REPO = pathlib.Path(__file__).resolve().parents[2]

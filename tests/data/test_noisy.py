@@ -15,6 +15,9 @@ from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
 from tests import fixtures
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 SPLITS = ('train', 'validation', 'test', 'preference')
 RATES = synthetic.Noise(under=tfds_builders.NOISY['noise_under'],
                         over=tfds_builders.NOISY['noise_over'],

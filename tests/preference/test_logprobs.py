@@ -15,6 +15,9 @@ from pasta_jax.training import step as step_lib
 from tests import fixtures
 from tests.interpreter.conftest import forced_threads
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 _fast_compiles = pytest.fixture(scope='module', autouse=True)(fixtures.fast_compiles)
 
 # (prompt, y+, y-): several threads, bodies of different lengths, sync points, an

@@ -25,6 +25,9 @@ from configs import synth
 from configs import synth_po
 from tests import fixtures
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 
 _fast_compiles = pytest.fixture(scope='module', autouse=True)(fixtures.fast_compiles)
 

@@ -18,6 +18,9 @@ from pasta_jax.interpreter import Interpreter, InterpreterConfig
 from pasta_jax.preference import sampling
 from tests import fixtures
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 PROMPTS = ['one', 'two prompts', 'a third, longer prompt', 'four', 'five five']
 IDS = ['p0', 'p1', 2, 'p3', 'p4']  # ints and strings both work

@@ -24,6 +24,9 @@ from pasta_jax.training import step as step_lib
 from tests.training.conftest import RESUMABLE
 from tests.training.conftest import tiny_config
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def no_first_step(monkeypatch):

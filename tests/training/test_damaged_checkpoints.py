@@ -236,6 +236,9 @@ from pasta_jax import cli
 from pasta_jax.training import checkpointing
 from tests.training import test_damaged_checkpoints as t
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 class Patch:
   def setattr(self, obj, name, value):
     setattr(obj, name, value)

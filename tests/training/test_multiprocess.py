@@ -29,6 +29,9 @@ from pasta_jax.training import inputs
 from tests.training import multiprocess_worker as worker
 from tests.training.conftest import ROOT
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.join(ROOT, 'tests', 'training', 'multiprocess_worker.py')
 TIMEOUT_S = 300  # per phase; the whole file takes one to two minutes
 

@@ -21,6 +21,9 @@ from tests.training.test_state_and_step import _batch
 from tests.training.test_state_and_step import _opt
 from tests.training.test_state_and_step import _step
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 # Checkpoints every 2 steps, only the newest kept: before the guard, the NaN
 # checkpoints of steps 4 and 6 replaced the good one of step 2.
 SHORT = {'train.num_steps': 6, 'checkpoint.every_steps': 2, 'checkpoint.keep': 1,
