@@ -28,6 +28,7 @@ from pasta_jax.data import pipeline
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.preference import logprobs
 from pasta_jax.training import state as state_lib
+from pasta_jax.training import step as step_lib
 from pasta_jax.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -144,24 +145,8 @@ def train_step(state: TrainState, batch: Batch, *, model_config: TransformerConf
   """
   grads, sums = _grads_and_sums(state.params, batch, grad_accum_steps,
                                 model_config=model_config, alpha=alpha, beta=beta)
-  scale = 1.0 / jnp.maximum(sums['pairs'], 1.0)
-  grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, state.params)
-  grad_norm = optax.tree.norm(grads)
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  bad_loss = ~jnp.isfinite(sums['loss'])
-  bad_grad = ~jnp.isfinite(grad_norm)
-  bad_params = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-  skip = bad_loss | bad_grad | bad_params
-  keep = lambda new, old: jnp.where(skip, old, new)
-  params = jax.tree.map(keep, params, state.params)
-  opt_state = jax.tree.map(keep, opt_state, state.opt_state)
-  metrics = dict(sums, grad_norm=grad_norm, lr=schedule(state.step),
-                 nonfinite_loss=bad_loss.astype(jnp.float32),
-                 nonfinite_grad_norm=bad_grad.astype(jnp.float32),
-                 nonfinite_params=bad_params.astype(jnp.float32),
-                 skipped=skip.astype(jnp.float32))
-  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return step_lib.guarded_update(state, grads, sums, count=sums['pairs'],
+                                 optimizer=optimizer, schedule=schedule)
 
 
 def summarize(sums: Mapping[str, Any]) -> dict[str, float]:

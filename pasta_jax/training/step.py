@@ -116,7 +116,20 @@ def train_step(state: TrainState, batch: Batch, *, model_config: TransformerConf
   """
   model = transformer.Transformer(model_config)
   grads, sums = _grads_and_sums(state.params, batch, model, grad_accum_steps)
-  scale = 1.0 / jnp.maximum(sums['weight'], 1.0)
+  return guarded_update(state, grads, sums, count=sums['weight'], optimizer=optimizer,
+                        schedule=schedule)
+
+
+def guarded_update(state: TrainState, grads: Any, sums: Mapping[str, jax.Array], *,
+                   count: jax.Array, optimizer: optax.GradientTransformation,
+                   schedule: optax.Schedule) -> tuple[TrainState, dict[str, jax.Array]]:
+  """The optimizer update for gradients of a summed loss (divided by `count`), kept
+  out when `sums['loss']`, the gradient norm or an updated param is not finite.
+
+  Returns the new state and `sums` with grad_norm, lr and the `nonfinite_*` and
+  `skipped` flags that `NonfiniteGuard` reads (stage 1 and stage 2 share it).
+  """
+  scale = 1.0 / jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g, p: (g * scale).astype(p.dtype), grads, state.params)
   grad_norm = optax.tree.norm(grads)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
