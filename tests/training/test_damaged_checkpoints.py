@@ -32,6 +32,9 @@ from pasta_jax.training.state import TrainState
 from tests.training.conftest import ROOT
 from tests.training.conftest import tiny_config
 
+# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
+pytestmark = pytest.mark.slow
+
 RUN = {'train.num_steps': 4, 'checkpoint.every_steps': 2, 'eval.every_steps': 0,
        'eval.num_batches': 1, 'train.log_every': 2}
 
@@ -235,9 +238,6 @@ import ml_collections
 from pasta_jax import cli
 from pasta_jax.training import checkpointing
 from tests.training import test_damaged_checkpoints as t
-
-# Long (training, subprocesses, compilation): CI runs it on the newest Python only.
-pytestmark = pytest.mark.slow
 
 class Patch:
   def setattr(self, obj, name, value):
