@@ -55,6 +55,16 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
+def latest_step(workdir: str) -> int | None:
+  """The step of a run's newest finished checkpoint (orbax renames a checkpoint to
+  its step once it is complete), None when there is none."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()]
+  return max(steps) if steps else None
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> dict:
   """The config as JSON-compatible dict (tuples become lists)."""
   return json.loads(json.dumps(config.to_dict()))

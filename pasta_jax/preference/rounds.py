@@ -348,7 +348,7 @@ def _run_round(ctx: _Context, r: int, start_params) -> RoundResult | None:
   if trained is None:
     start_params = _starting_params(ctx, r, start_params)
     writer = metrics_lib.MetricWriter(directory, enabled=ctx.primary,
-                                      resume_step=_latest_step(directory) or 0)
+                                      resume_step=runs.latest_step(directory) or 0)
     try:
       if not _sample(ctx, r, directory, start_params):
         return None
@@ -363,14 +363,6 @@ def _run_round(ctx: _Context, r: int, start_params) -> RoundResult | None:
     summary = json.load(f)
   return RoundResult(round=r, directory=directory, summary=summary,
                      pairs=trained['pairs'], steps=trained['steps'], train=trained['train'])
-
-
-def _latest_step(directory: str) -> int | None:
-  path = runs.checkpoint_dir(directory)
-  if not os.path.isdir(path):
-    return None
-  steps = [int(n) for n in os.listdir(path) if n.isdigit()]
-  return max(steps) if steps else None
 
 
 # -- phases ----------------------------------------------------------------------
