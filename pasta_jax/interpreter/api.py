@@ -58,20 +58,6 @@ _OUTPUTS = ('out_token', 'out_thread', 'out_round', 'out_len', 'status', 'steps'
             'out_logits')
 
 
-def _put(x: Any, sharding: jax.sharding.NamedSharding) -> jax.Array:
-  """`jax.device_put(x, sharding)`, also when the mesh spans several processes
-  and `x` is this process's copy of the whole value (numpy or a local array):
-  every process must then pass the same value; each puts its own devices' part."""
-  if sharding.is_fully_addressable or (isinstance(x, jax.Array)
-                                       and not x.is_fully_addressable):
-    return jax.device_put(x, sharding)
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-    return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding),
-                                    impl=jax.random.key_impl(x))
-  value = np.asarray(x)
-  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
-
-
 @dataclasses.dataclass(frozen=True)
 class Batch:
   """Requests ready for the interpreter's programs (`Interpreter.prepare`).
@@ -130,7 +116,7 @@ class Interpreter:
     if mesh is not None:
       self.rules = list(rules or sharding_lib.default_rules(model_config, mesh))
       self.params = jax.tree.map(
-          _put, params, sharding_lib.param_shardings(model_config, mesh, self.rules))
+          sharding_lib.put, params, sharding_lib.param_shardings(model_config, mesh, self.rules))
       self._batch_axes = nn.logical_to_mesh_axes(('batch',), self.rules)[0]
       axes = (self._batch_axes,) if isinstance(self._batch_axes, str) else (
           self._batch_axes or ())
@@ -186,7 +172,7 @@ class Interpreter:
 
     def put(x: Any) -> jax.Array:
       spec = jax.sharding.PartitionSpec(self._batch_axes, *([None] * (np.ndim(x) - 1)))
-      return _put(x, jax.sharding.NamedSharding(self.mesh, spec))
+      return sharding_lib.put(x, jax.sharding.NamedSharding(self.mesh, spec))
     return jax.tree.map(put, tree)
 
   def _new_cache(self, batch: int) -> Any:

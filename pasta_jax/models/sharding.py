@@ -12,10 +12,12 @@ constraints are no-ops.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 
 from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
@@ -65,3 +67,31 @@ def cache_shardings(config: TransformerConfig, mesh: jax.sharding.Mesh,
   """NamedSharding tree of the cache (structured like `init_cache`'s)."""
   return nn.logical_to_mesh_sharding(cache_lib.cache_logical_axes(config),
                                      mesh, rules)
+
+
+def put(x: Any, sharding: jax.sharding.NamedSharding) -> jax.Array:
+  """`jax.device_put(x, sharding)`, also when the mesh spans several processes
+  and `x` is this process's copy of the whole value (numpy or a local array):
+  every process must then pass the same value; each puts its own devices' part."""
+  if sharding.is_fully_addressable or (isinstance(x, jax.Array)
+                                       and not x.is_fully_addressable):
+    return jax.device_put(x, sharding)
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  value = np.asarray(x)
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def fetch(tree: Any) -> Any:
+  """`jax.device_get(tree)`, also for arrays split over the devices of several
+  processes: each process gets the whole value (a collective for those arrays:
+  every process must call it with the same tree)."""
+
+  def one(x: Any) -> Any:
+    if (not isinstance(x, jax.Array) or x.is_fully_addressable
+        or x.is_fully_replicated):
+      return jax.device_get(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)

@@ -34,6 +34,7 @@ from pasta_jax import layout
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import pipeline
+from pasta_jax.models import sharding as model_sharding
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.settings import PositionStrategy
@@ -194,7 +195,7 @@ def reference_logprobs(reference_params, batches: Iterable[Batch], num_pairs: in
   fn = _jitted_pair_logprobs(model_config)
   for batch in batches:
     fields = {k: batch[k] for k in pipeline.FIELDS + PAIR_FIELDS}
-    logps = jax.device_get(fn(reference_params, fields))
+    logps = model_sharding.fetch(fn(reference_params, fields))
     index = np.asarray(batch['pair_index'])
     held = index >= 0
     for key in out:

@@ -41,6 +41,7 @@ import os
 from typing import IO, Any, Mapping, Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -142,8 +143,14 @@ def read_marker(directory: str, phase: str) -> dict | None:
 
 
 def _mark(directory: str, phase: str, settings: Mapping[str, Any], **info: Any) -> None:
-  _write_atomic(os.path.join(directory, f'{phase}.done'),
-                json.dumps({'settings': dict(settings), **info}, indent=1).encode())
+  """Ends a phase: process 0 writes its marker (it alone writes a round's files),
+  then every process waits for it, so that all see the phase's files."""
+  if jax.process_index() == 0:
+    _write_atomic(os.path.join(directory, f'{phase}.done'),
+                  json.dumps({'settings': dict(settings), **info}, indent=1).encode())
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'pasta_jax.rounds: {os.path.basename(directory)} '
+                                        f'{phase}')
 
 
 def _check_settings(directory: str, phase: str, marker: Mapping[str, Any],
@@ -315,7 +322,7 @@ def run_rounds(config: ml_collections.ConfigDict, workdir: str, *,
               f'lambda {config.po.lam}')
   for note in notes:
     ctx.message(f'from config.init.run: {note}')
-  start_params = jax.tree.map(jax.device_put, init_run.params,
+  start_params = jax.tree.map(model_sharding.put, init_run.params,
                               model_sharding.param_shardings(model_config, mesh, rules))
   done: list[RoundResult] = []
   with loop.StopRequest() as stop:
@@ -384,7 +391,7 @@ def _sample(ctx: _Context, r: int, directory: str, params) -> bool:
     _check_settings(directory, 'sampled', marker, settings)
     return True
   po = ctx.config.po
-  store = sampling.SampleStore(os.path.join(directory, SAMPLES_FILE))
+  store = sampling.SampleStore(os.path.join(directory, SAMPLES_FILE), write=ctx.primary)
   wanted = sampling.Settings(n=po.num_samples, seed=settings['seed'],
                              temperature=float(po.temperature), top_p=float(po.top_p))
   if store.settings is not None and store.settings != wanted:

@@ -243,10 +243,13 @@ class SampleStore:
   Reading ignores a last line without its newline (what a killed append leaves)
   and counts it in `partial_lines`; the next `append` cuts it off first. Any
   other line that does not parse is an error (the file was damaged otherwise).
+  With `write=False` (every process but process 0 of a multi-host run, which all
+  sample the same chunks) `append` keeps a chunk in memory only.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, *, write: bool = True):
     self.path = path
+    self.write = write
     self.chunks: list[Chunk] = []
     self.partial_lines = 0
     self._complete_bytes = 0  # the file's length up to its last complete line
@@ -297,6 +300,9 @@ class SampleStore:
 
   def append(self, chunk: Chunk) -> None:
     """Adds a finished chunk: one write of one line, flushed and synced."""
+    if not self.write:
+      self.chunks.append(chunk)
+      return
     line = (json.dumps(chunk.to_json(), ensure_ascii=True, separators=(',', ':'))
             + '\n').encode('ascii')
     with open(self.path, 'ab') as f:

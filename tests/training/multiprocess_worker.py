@@ -3,6 +3,8 @@ r"""One JAX process of a run on faked CPU devices (started by test_multiprocess.
   python tests/training/multiprocess_worker.py --data DIR [--data_dir TFDS_DIR] \
       --train WORKDIR [--process_id I --num_processes N --port P] [--stop_after K] \
       [--decode WORKDIR --step S [--mesh] --out FILE]
+  python tests/training/multiprocess_worker.py --po INIT_RUN --data_dir TFDS_DIR \
+      --po_workdir DIR [--process_id I --num_processes N --port P]
 
 The parent sets XLA_FLAGS (the faked device count of this process) and
 JAX_PLATFORMS=cpu. --train runs `python -m pasta_jax.train`'s main with this
@@ -14,6 +16,9 @@ alone got SIGTERM during step K. Then --decode generates
 `PROMPTS` with the run's checkpoint S (on a mesh over every device of every
 process when --mesh, else on one device) and writes the results to FILE
 (FILE.<process index> when there are several processes).
+
+--po runs one stage-2 round (`po_config`) from the stage-1 run INIT_RUN on the
+pasta_synth/tiny build in TFDS_DIR, on a mesh over every device of every process.
 """
 
 from __future__ import annotations
@@ -63,6 +68,35 @@ def get_config(data: str) -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-3
   c.mesh.shape = MESH
   return c
+
+
+def po_config(init_run: str, data_dir: str) -> ml_collections.ConfigDict:
+  """configs/synth_po.py:tiny on MESH: 4 prompts, 2 samples each in chunks of 2
+  prompts, 2 updates of 4 pairs (2 rows per process)."""
+  from configs import synth_po  # pylint: disable=g-import-not-at-top
+  c = synth_po.get_config('tiny')
+  c.init.run = init_run
+  c.data.data_dir = data_dir
+  c.data.prefetch = 0
+  c.interpreter.max_steps = 48
+  c.interpreter.cache_size = 160
+  c.mesh.shape = MESH
+  c.po.update({'num_prompts': 4, 'num_samples': 2, 'chunk_prompts': 2, 'rounds': 1,
+               'sample_batch_size': 8, 'batch_size': 4, 'train_steps': 2,
+               'checkpoint_every': 1, 'lr': 1e-4})
+  return c
+
+
+def po(args: argparse.Namespace) -> None:
+  """One stage-2 round in this process (of --num_processes)."""
+  from pasta_jax.preference import rounds  # pylint: disable=g-import-not-at-top
+  if args.num_processes > 1:
+    jax.distributed.initialize(coordinator_address=f'127.0.0.1:{args.port}',
+                               num_processes=args.num_processes, process_id=args.process_id)
+  result = rounds.run_rounds(po_config(args.po, args.data_dir), args.po_workdir)
+  (done,) = result.rounds
+  print(f'process {jax.process_index()}: round 1 trained {done.steps} steps on '
+        f'{done.pairs} pairs, summary {json.dumps(done.summary, sort_keys=True)}', flush=True)
 
 
 def _stop_after(k: int) -> None:
@@ -131,22 +165,27 @@ def decode(workdir: str, step: int, mesh: bool, out: str) -> None:
 
 def main() -> None:
   parser = argparse.ArgumentParser()
-  parser.add_argument('--data', required=True)
+  parser.add_argument('--data')
   parser.add_argument('--data_dir')
   parser.add_argument('--process_id', type=int, default=0)
   parser.add_argument('--num_processes', type=int, default=1)
   parser.add_argument('--port', type=int, default=0)
-  parser.add_argument('--train', required=True)
+  parser.add_argument('--train')
   parser.add_argument('--stop_after', type=int)
   parser.add_argument('--decode')
   parser.add_argument('--step', type=int)
   parser.add_argument('--mesh', action='store_true')
   parser.add_argument('--out')
+  parser.add_argument('--po')
+  parser.add_argument('--po_workdir')
   args = parser.parse_args()
   jax.config.update('jax_disable_most_optimizations', True)
   # Cross-process computations on the CPU need collectives: gloo (the default
   # of recent jax versions; older ones have none unless asked).
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if args.po:
+    po(args)
+    return
   train(args)
   if args.decode:
     decode(args.decode, args.step, args.mesh, args.out)

@@ -22,12 +22,16 @@ import pytest
 
 from pasta_jax import config as config_lib
 from pasta_jax import runs
+from pasta_jax.data import build
 from pasta_jax.data import sources as sources_lib
 from pasta_jax.data import synthetic
+from pasta_jax.preference import rounds
 from pasta_jax.training import inputs
 
 from tests.training import multiprocess_worker as worker
 from tests.training.conftest import ROOT
+
+from configs import synth
 
 # Long (training, subprocesses, compilation): CI runs it on the newest Python only.
 pytestmark = pytest.mark.slow
@@ -239,3 +243,36 @@ def test_decoding_across_processes_equals_one_device(finished):
           b['ids'], b['status'], b['steps'], b['timeline']), f'process {i}, prompt {n}'
       np.testing.assert_allclose(a['logits'], b['logits'], rtol=1e-4, atol=1e-4,
                                  err_msg=f'process {i}, prompt {n}')
+
+
+@pytest.fixture(scope='module')
+def stage_two(finished):
+  """One stage-2 round from `one`'s run, in 2 processes on the mesh over both."""
+  root, _, paths, _ = finished
+  config = synth.get_config('tiny')
+  config.data.data_dir = str(root / 'tfds_synth')
+  build.builder(config.data)  # pasta_synth/tiny, with its preference split
+  workdir = str(root / 'po')
+  port = _free_port()
+  outputs = _wait([_start(f'po.{i}', root / 'logs', [
+      '--po', paths['one'], '--data_dir', config.data.data_dir, '--po_workdir', workdir,
+      '--process_id', i, '--num_processes', 2, '--port', port], devices=4)
+                   for i in range(2)])
+  return workdir, outputs
+
+
+def test_two_processes_run_a_stage_two_round_writing_each_file_once(stage_two):
+  workdir, outputs = stage_two
+  reports = [outputs[f'po.{i}'].strip().splitlines()[-1] for i in range(2)]
+  assert reports[0].startswith('process 0: round 1 trained 2 steps on ')
+  assert reports[1] == reports[0].replace('process 0', 'process 1')  # the same samples
+  directory = rounds.round_dir(workdir, 1)
+  # Process 0 alone appends the chunks both processes sampled: 2 lines, not 4.
+  with open(os.path.join(directory, rounds.SAMPLES_FILE), encoding='utf-8') as f:
+    chunks = [json.loads(line) for line in f]
+  assert sorted(p for c in chunks for p in c['prompt_ids']) == [0, 1, 2, 3]
+  for phase in rounds.PHASES:
+    assert rounds.read_marker(directory, phase) is not None, phase
+  assert not [n for n in os.listdir(directory) if n.endswith('.tmp')]
+  run = runs.load_run(directory)
+  assert run.step == 2
