@@ -18,7 +18,7 @@ The model, tokenizer and the data keys that define decoding come from
 `init.run`; `--config.po.lam=inf` scores by quality first, speed breaking ties.
 
 Presets (`configs/synth_po.py:NAME`):
-  (none)   the 2000 preference prompts of pasta_synth, N = 10 samples each.
+  (none)   500 preference prompts of pasta_synth, N = 10 samples each.
   tiny     the `tiny` build's 40 preference prompts, N = 4, a few updates per
            round: tests and smoke runs (start from a configs/synth.py:tiny run).
 """
@@ -42,11 +42,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.po = config_lib.po_fields()
   config.po.lam = 4.0            # the paper's sweep: 1, 2, 4, 8, inf
   config.po.rounds = 2
-  config.po.num_prompts = 0      # the whole preference split
+  # 500 of the 2000 preference prompts x 10 samples: a round in about 5 minutes on
+  # 2 CPU cores (docs/benchmarks.md); 0 = the whole split.
+  config.po.num_prompts = 500
   config.po.num_samples = 10
   config.po.temperature = 1.0
-  config.po.sample_batch_size = 64
-  config.po.chunk_prompts = 64
+  # On CPU a call's cost grows with its batch and it waits for its longest
+  # request: 16 samples per call beat 64 (scripts/bench_sampling.py).
+  config.po.sample_batch_size = 16
+  config.po.chunk_prompts = 50
   config.po.alpha = 0.1
   config.po.beta = 0.5
   config.po.batch_size = 8

@@ -9,7 +9,9 @@ Trains (or reuses) the SFT models on the clean and the noisy data and the
 sequential model, runs stage 2 from each SFT model for every lambda of --lams
 (--rounds rounds each), evaluates every SFT and round model in one
 `python -m pasta_jax.evaluate` pass, then prints the tables and the targets of
-docs/design.md section 7 and writes --out/report.md and --out/pareto.png
+docs/design.md section 7 and writes them to report.md and front.png in the
+evaluation's directory (--out/eval; a part of the experiment, e.g.
+--datasets=noisy, gets a directory of its own)
 (`pasta_jax.preference.experiment` has the details). Every step is a command
 line of its own, printed before it runs; a finished step is skipped and a
 stopped one resumes, so running the same command again continues the
@@ -102,7 +104,7 @@ def main(argv):
     raise errors.DataError(f'{plan.eval_dir()} holds no finished evaluation of these models; '
                            'run without --report_only')
   text, path = experiment.run_report(plan)
-  print('\n' + text + f'\n\nreport: {os.path.join(plan.out, "report.md")}\nplot: {path}')
+  print('\n' + text + f'\n\nreport: {os.path.join(plan.eval_dir(), "report.md")}\nplot: {path}')
 
 
 if __name__ == '__main__':

@@ -15,8 +15,9 @@ when it has finished and resumed when it was stopped:
   4. the report: a table per data set (quality, wall-clock and theoretical
      speedup, whether the model is on the Pareto front), the per-family table of
      the clean data's lambda = inf models, the targets of docs/design.md section 7
-     checked one by one, and `pareto.png` (quality against wall-clock speedup, one
-     panel per data set, the front drawn through the non-dominated points).
+     checked one by one, and `front.png` (quality against wall-clock speedup, one
+     panel per data set, the front drawn through the non-dominated points), both
+     in the evaluation's directory.
 
 `Plan` holds the settings and builds the steps; `report` and `plot` read the
 evaluation's results.json files, so they also run on a finished experiment alone.
@@ -135,7 +136,12 @@ class Plan:
     return os.path.join(self.out, f'{data}_lam{lam_name(lam)}')
 
   def eval_dir(self) -> str:
-    return os.path.join(self.out, 'eval')
+    """out/eval for the whole experiment; a part of it (other data sets or
+    lambdas, e.g. --datasets=noisy) gets a directory of its own."""
+    if self.datasets == tuple(SFT_PRESETS) and self.lams == DEFAULT_LAMS:
+      return os.path.join(self.out, 'eval')
+    return os.path.join(self.out, 'eval_' + '_'.join(self.datasets) + '_lam' +
+                        '_'.join(lam_name(lam) for lam in self.lams))
 
   def models(self) -> dict[str, str]:
     """Evaluation name -> run directory: each data set's SFT model, then its
@@ -394,13 +400,13 @@ def plot(plan: Plan, points: Mapping[str, pareto.Point], sequential: pareto.Poin
 
 
 def run_report(plan: Plan) -> tuple[str, str]:
-  """The report's text and the plot's path, from a finished evaluation; the text
-  is also written to out/report.md."""
+  """The report's text and the plot's path, from a finished evaluation; both are
+  written to the evaluation's directory (report.md, front.png)."""
   points, sequential = load_points(plan)
   text = report(plan, points, sequential)
-  with open(os.path.join(plan.out, 'report.md'), 'w', encoding='utf-8') as f:
+  with open(os.path.join(plan.eval_dir(), 'report.md'), 'w', encoding='utf-8') as f:
     f.write(text + '\n')
-  return text, plot(plan, points, sequential, os.path.join(plan.out, 'pareto.png'))
+  return text, plot(plan, points, sequential, os.path.join(plan.eval_dir(), 'front.png'))
 
 
 def split_overrides(values: Sequence[str]) -> tuple[str, ...]:

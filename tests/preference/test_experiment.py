@@ -102,7 +102,10 @@ def test_report_meets_the_targets_on_good_results(tmp_path):
   assert os.path.getsize(plot) > 0 and text.count('- met: ') == len(checks)
   assert '| noisy_lam1_r2 | 1 | 2 | 96.0 | +1.0 | 2.10x | 1.40 | 3.15x | yes |' in text
   assert '| list_ops | 98.0 | 95.0 | 97.7 | 97.8 |' in text  # clean, lambda = inf per family
-  assert open(os.path.join(plan.out, 'report.md')).read() == text + '\n'
+  assert open(os.path.join(plan.eval_dir(), 'report.md')).read() == text + '\n'
+  assert plan.eval_dir() == os.path.join(plan.out, 'eval')
+  part = experiment.Plan(out=str(tmp_path), datasets=('noisy',), lams=(1.0, math.inf))
+  assert part.eval_dir() == os.path.join(plan.out, 'eval_noisy_lam1_inf')
 
 
 def test_report_names_each_missed_target_and_by_how_much(tmp_path):
