@@ -270,7 +270,8 @@ def targets(plan: Plan, points: Mapping[str, pareto.Point],
         p, sft, quality_gain=DOMINANCE_QUALITY_GAIN, speedup_gain=DOMINANCE_SPEEDUP_GAIN)]
     best = max(stage2, key=lambda p: (p.quality - sft.quality) + 10 * (p.speedup / sft.speedup - 1))
     out.append(Target(
-        'noisy_dominates', 'noisy: a stage-2 model Pareto-dominates its SFT start (>= 1 point or >= 10%)',
+        'noisy_dominates',
+        'noisy: a stage-2 model Pareto-dominates its SFT start (>= 1 point or >= 10%)',
         bool(winners),
         (f'{", ".join(p.name for p in winners)} (SFT {_describe(sft)})' if winners else
          f'none; closest {best.name}: {_describe(best)} against SFT {_describe(sft)}')))
@@ -278,7 +279,8 @@ def targets(plan: Plan, points: Mapping[str, pareto.Point],
       last, first = (list(_rounds(plan, points, 'noisy', r).values())
                      for r in (plan.rounds, 1))
       missed = [p.name for p in pareto.front(first) if not pareto.covers(last, [p])]
-      out.append(Target('noisy_front', f'noisy: round {plan.rounds}\'s front is on or beyond round 1\'s',
+      out.append(Target('noisy_front',
+                        f'noisy: round {plan.rounds}\'s front is on or beyond round 1\'s',
                         not missed, 'yes' if not missed else
                         f'round-1 points beyond round {plan.rounds}\'s front: {", ".join(missed)}'))
     for r in range(1, plan.rounds + 1):
@@ -288,7 +290,8 @@ def targets(plan: Plan, points: Mapping[str, pareto.Point],
           {lam: dataclasses.replace(p, speedup=p.theoretical) for lam, p in by_lam.items()})
       order = ', '.join(f'{lam_name(lam)}: {p.speedup:.2f}x' for lam, p in by_lam.items())
       out.append(Target(
-          f'noisy_order_r{r}', f'noisy, round {r}: lambda orders the models by speed (smaller, faster)',
+          f'noisy_order_r{r}',
+          f'noisy, round {r}: lambda orders the models by speed (smaller, faster)',
           not violations,
           f'wall-clock {order}' + ('' if not violations else '; out of order: ' + ', '.join(
               f'{lam_name(a)} < {lam_name(b)}' for a, b in violations)) +
@@ -305,7 +308,8 @@ def targets(plan: Plan, points: Mapping[str, pareto.Point],
                                                  for g in family_gaps.values())
                 and p.speedup >= sft.speedup)
       out.append(Target(
-          f'clean_inf_r{r}', f'clean, lambda = inf, round {r}: within {CLEAN_OVERALL_GAP} points of the '
+          f'clean_inf_r{r}',
+          f'clean, lambda = inf, round {r}: within {CLEAN_OVERALL_GAP} points of the '
           f'sequential model overall, {CLEAN_FAMILY_GAP} on every family, speedup >= SFT\'s',
           passed,
           f'{p.quality:.1f} against {sequential.quality:.1f} (gap {gap:+.1f}); worst family '

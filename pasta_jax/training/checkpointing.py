@@ -2,7 +2,8 @@
 
 `Checkpoints` saves and restores the whole train state with the items below
 (`pasta_jax.runs` describes the run directory, and its `load_run` reads a run
-back for decoding and evaluation):
+back for decoding and evaluation); a stage-2 round, whose batch order is a
+function of the step, has no `data` item (`Checkpoints(..., data=False)`):
 
   params                  the model params
   optimizer               {'step', 'opt_state'}
@@ -51,13 +52,19 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str, *, keep: int | None = None, async_save: bool = True,
-               read_only: bool = False):
+               read_only: bool = False, data: bool = True,
+               lr_key: str = 'config.optimizer.lr'):
+    """`data`: whether checkpoints hold the input pipeline's state; `lr_key`: the
+    learning-rate key that a refused (non-finite) save tells the user to lower."""
     self.directory = runs.checkpoint_dir(workdir)
+    self.items = ITEMS if data else tuple(i for i in ITEMS if i != 'data')
+    self._lr_key = lr_key
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=self.items)
     self._saving: int | None = None  # the step of the latest save started
     self._disk_full = False
     self._quiet = _DiskFullFilter()
@@ -70,10 +77,10 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, state: TrainState, *, data: grain.DatasetIterator,
+  def save(self, state: TrainState, *, data: grain.DatasetIterator | None = None,
            config: ml_collections.ConfigDict) -> bool:
-    """Saves at `state.step` (`data`: this host's input pipeline); True when a
-    save started.
+    """Saves at `state.step` (`data`: this host's input pipeline, None without a
+    data item); True when a save started.
 
     Raises:
       TrainingDiverged: the params are not finite (nothing is saved).
@@ -84,21 +91,25 @@ class Checkpoints:
     if bad:
       raise errors.TrainingDiverged(
           f'not saving the checkpoint of step {step}: {bad}\nthe last good checkpoint is '
-          f'step {self.latest_step()} in {self.directory}; lower config.optimizer.lr')
-    args = ocp.args.Composite(
+          f'step {self.latest_step()} in {self.directory}; lower {self._lr_key}')
+    if (data is not None) != ('data' in self.items):
+      raise ValueError(f'data={data!r} for checkpoints with the items {self.items}')
+    items = dict(
         params=ocp.args.StandardSave(state.params),
         optimizer=ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state}),
-        data=grain.checkpoint.CheckpointSave(data),
         config=ocp.args.JsonSave(runs.config_to_json(config)))
+    if data is not None:
+      items['data'] = grain.checkpoint.CheckpointSave(data)
+    args = ocp.args.Composite(**items)
     with self._disk_errors():
       started = self._manager.save(step, args=args, force=True)
     self._saving = step
     return started
 
-  def restore(self, step: int, target: TrainState, *, data: grain.DatasetIterator
-              ) -> tuple[TrainState, dict]:
+  def restore(self, step: int, target: TrainState, *,
+              data: grain.DatasetIterator | None = None) -> tuple[TrainState, dict]:
     """(state in target's shardings, config item) of `step`; puts `data` (this
-    host's input pipeline) where it was.
+    host's input pipeline; None without a data item) where it was.
 
     Saved by as many hosts as now, each host takes its own state; saved by
     another number, its state is host `process_index`'s (host 0's if there were
@@ -114,20 +125,23 @@ class Checkpoints:
                  optimizer=ocp.args.StandardRestore({'step': target.step,
                                                      'opt_state': target.opt_state}),
                  config=ocp.args.JsonRestore())
-    self._check_items(step, ITEMS)
-    data_dir = os.path.join(self.directory, str(step), 'data')
-    states = _data_state_files(data_dir)
-    if not states and not os.path.exists(os.path.join(data_dir, 'metadata')):
-      raise self._damaged(step, 'its data/ directory holds no input-pipeline state '
-                          '(no process_<i>-of-<n>.json file)')
-    own = (jax.process_index(), jax.process_count())
-    if own in states:
-      items['data'] = grain.checkpoint.CheckpointRestore(data)
+    self._check_items(step, self.items)
+    if (data is not None) != ('data' in self.items):
+      raise ValueError(f'data={data!r} for checkpoints with the items {self.items}')
+    states, own = {}, (jax.process_index(), jax.process_count())
+    if data is not None:
+      data_dir = os.path.join(self.directory, str(step), 'data')
+      states = _data_state_files(data_dir)
+      if not states and not os.path.exists(os.path.join(data_dir, 'metadata')):
+        raise self._damaged(step, 'its data/ directory holds no input-pipeline state '
+                            '(no process_<i>-of-<n>.json file)')
+      if own in states:
+        items['data'] = grain.checkpoint.CheckpointRestore(data)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-      if not states:
+      if data is not None and not states:
         data.set_state(_legacy_state(self._legacy_item(step), step))
-      elif own not in states:
+      elif data is not None and own not in states:
         data.set_state(_other_layout_state(states))
     except Exception as e:  # pylint: disable=broad-except
       raise self._damaged(step, runs.restore_failure(e)) from e

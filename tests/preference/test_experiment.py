@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from pasta_jax import errors
+from pasta_jax.preference import common
 from pasta_jax.preference import experiment
 from pasta_jax.preference import rounds
 
@@ -79,9 +80,9 @@ def test_finished_steps_are_recognised_from_what_they_leave(tmp_path):
   # Stage 2 is finished when its last round is trained.
   for r in (1, 2):
     os.makedirs(rounds.round_dir(po.workdir, r))
-  rounds._mark(rounds.round_dir(po.workdir, 1), 'trained', {})
+  common.mark(rounds.round_dir(po.workdir, 1), 'trained', {})
   assert not po.finished(plan)
-  rounds._mark(rounds.round_dir(po.workdir, 2), 'trained', {})
+  common.mark(rounds.round_dir(po.workdir, 2), 'trained', {})
   assert po.finished(plan)
   # The evaluation is finished for the checkpoints it evaluated, not for newer ones.
   os.makedirs(plan.eval_dir())
@@ -130,7 +131,8 @@ def test_report_names_each_missed_target_and_by_how_much(tmp_path):
   dominance = missed['noisy_dominates']
   assert dominance.startswith('none; closest ') and 'against SFT 95.0 at 1.50x' in dominance
   assert 'round-1 points beyond round 2' in missed['noisy_front']
-  assert '2: 0.90x, 4: 1.30x, 8: 1.30x, inf: 1.30x; out of order: 2 < 4, 2 < 8, 2 < inf' in missed['noisy_order_r1']
+  assert ('2: 0.90x, 4: 1.30x, 8: 1.30x, inf: 1.30x; out of order: 2 < 4, 2 < 8, 2 < inf'
+          in missed['noisy_order_r1'])
   clean = missed['clean_inf_r1']
   assert 'worst family mixed (gap +2.0)' in clean and '97.6 against 98.0' in clean
 

@@ -15,9 +15,12 @@ from pasta_jax import errors
 from pasta_jax import runs
 from pasta_jax.config import ConfigError
 from pasta_jax.data import build
+from pasta_jax.preference import common
 from pasta_jax.preference import logprobs
+from pasta_jax.preference import phases
 from pasta_jax.preference import rounds
 from pasta_jax.preference import sampling
+from pasta_jax.training import checkpointing
 from pasta_jax.training import loop
 from pasta_jax.training import metrics as metrics_lib
 
@@ -94,7 +97,7 @@ def straight(tfds_dir, init_run, tmp_path_factory):  # pylint: disable=redefined
   workdir = str(tmp_path_factory.mktemp('straight'))
   seen = {'sampled': [], 'reference': []}
   with pytest.MonkeyPatch.context() as mp:
-    original_interp, original_ref = rounds.Interpreter, logprobs.reference_logprobs
+    original_interp, original_ref = phases.Interpreter, logprobs.reference_logprobs
 
     def interpreter(model_config, params, *args, **kwargs):
       seen['sampled'].append(jax.device_get(params))
@@ -104,7 +107,7 @@ def straight(tfds_dir, init_run, tmp_path_factory):  # pylint: disable=redefined
       seen['reference'].append(jax.device_get(params))
       return original_ref(params, *args, **kwargs)
 
-    mp.setattr(rounds, 'Interpreter', interpreter)
+    mp.setattr(phases, 'Interpreter', interpreter)
     mp.setattr(logprobs, 'reference_logprobs', reference)
     result = rounds.run_rounds(po_config(tfds_dir, init_run, rounds=2), workdir)
   return workdir, result, seen
@@ -198,7 +201,7 @@ def test_killed_in_every_phase_resumes_to_the_same_outputs(straight, tfds_dir, i
     rounds.run_rounds(config(num_samples=4), workdir)
 
   # 2.-3. Scoring and the reference log-probs: outputs written, marker not.
-  original_mark = rounds._mark  # pylint: disable=protected-access
+  original_mark = common.mark
 
   def kill_before(phase):
     def mark(directory_, phase_, *args, **kwargs):
@@ -207,10 +210,10 @@ def test_killed_in_every_phase_resumes_to_the_same_outputs(straight, tfds_dir, i
       return original_mark(directory_, phase_, *args, **kwargs)
     return mark
 
-  run_killed('_mark', rounds, kill_before('scored'))
+  run_killed('mark', common, kill_before('scored'))
   assert rounds.read_marker(directory, 'sampled') is not None
   assert rounds.read_marker(directory, 'scored') is None
-  run_killed('_mark', rounds, kill_before('reference'))
+  run_killed('mark', common, kill_before('reference'))
   assert rounds.read_marker(directory, 'reference') is None
   # A finished phase refuses another starting model.
   other = str(tmp_path / 'other_run')
@@ -219,15 +222,15 @@ def test_killed_in_every_phase_resumes_to_the_same_outputs(straight, tfds_dir, i
     rounds.run_rounds(po_config(tfds_dir, other), workdir)
 
   # 4. Training, once the checkpoint of step 2 is saved.
-  original_save = rounds.RoundCheckpoints.save
+  original_save = checkpointing.Checkpoints.save
 
-  def save_then_kill(self, state, config_):
-    original_save(self, state, config_)
+  def save_then_kill(self, state, **kwargs):
+    original_save(self, state, **kwargs)
     self.wait()
     if int(jax.device_get(state.step)) == 2:
       raise Killed()
 
-  run_killed('save', rounds.RoundCheckpoints, save_then_kill)
+  run_killed('save', checkpointing.Checkpoints, save_then_kill)
   assert rounds.read_marker(directory, 'trained') is None
   assert runs.load_run(directory).step == 2
 
