@@ -113,24 +113,11 @@ def policy_state(reference_params, optimizer: optax.GradientTransformation,
   return state_lib.state_from_params(copy, optimizer, shardings)
 
 
-def _grads_and_sums(params, batch: Batch, accum: int, **kw):
-  """Gradients of the summed loss (not yet normalised) and the sums; with
-  accum > 1 over micro-batches of rows {j, j + accum, ...} (as in stage 1)."""
-  grad_fn = jax.grad(functools.partial(pair_sums, **kw), has_aux=True)
-  if accum == 1:
-    return grad_fn(params, batch)
-
-  def split(x):  # [B, ...] -> [accum, B / accum, ...]
-    x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
-    return jnp.swapaxes(x, 0, 1)
-
-  def body(carry, micro):
-    return jax.tree.map(jnp.add, carry, grad_fn(params, micro)), None
-
-  zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-           {k: jnp.zeros((), jnp.float32) for k in SUM_KEYS})
-  (grads, sums), _ = jax.lax.scan(body, zeros, jax.tree.map(split, dict(batch)))
-  return grads, sums
+def grads_and_sums(params, batch: Batch, accum: int, **kw):
+  """Gradients of the summed loss (not yet normalised) and the sums
+  (`step.accumulated_grads`: over `accum` micro-batches as in stage 1)."""
+  return step_lib.accumulated_grads(functools.partial(pair_sums, **kw), params, batch, accum,
+                                    SUM_KEYS)
 
 
 def train_step(state: TrainState, batch: Batch, *, model_config: TransformerConfig,
@@ -143,8 +130,8 @@ def train_step(state: TrainState, batch: Batch, *, model_config: TransformerConf
   The state holds the policy only; the reference enters as those stored numbers.
   Non-finite loss, gradient norm or params keep the old state, as in stage 1.
   """
-  grads, sums = _grads_and_sums(state.params, batch, grad_accum_steps,
-                                model_config=model_config, alpha=alpha, beta=beta)
+  grads, sums = grads_and_sums(state.params, batch, grad_accum_steps,
+                               model_config=model_config, alpha=alpha, beta=beta)
   return step_lib.guarded_update(state, grads, sums, count=sums['pairs'],
                                  optimizer=optimizer, schedule=schedule)
 

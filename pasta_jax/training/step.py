@@ -74,27 +74,28 @@ def loss_sums(params, batch: Batch, model: transformer.Transformer
   return sums['loss'], sums
 
 
-def _grads_and_sums(params, batch: Batch, model, accum: int):
-  """Gradients of the summed loss (not yet normalised) and the metric sums.
+def accumulated_grads(loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]],
+                      params, batch: Batch, accum: int, keys: Sequence[str]):
+  """(gradients, sums) of `loss_fn(params, batch) -> (summed loss, metric sums)`
+  (the gradients not yet normalised); stage 1 and stage 2 share it.
 
   With accum > 1 the batch is cut into `accum` micro-batches of rows
   {j, j + accum, j + 2 accum, ...}, so each keeps an even share of every batch
-  shard; their gradients and sums add up to the whole batch's.
+  shard; their gradients and sums (`keys`) add up to the whole batch's.
   """
-  grad_fn = jax.grad(loss_sums, has_aux=True)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
   if accum == 1:
-    return grad_fn(params, batch, model)
+    return grad_fn(params, batch)
 
   def split(x):  # [B, ...] -> [accum, B / accum, ...]
     x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
     return jnp.swapaxes(x, 0, 1)
 
   def body(carry, micro):
-    grads, sums = grad_fn(params, micro, model)
-    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+    return jax.tree.map(jnp.add, carry, grad_fn(params, micro)), None
 
   zeros = (jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-           {k: jnp.zeros((), jnp.float32) for k in sum_keys()})
+           {k: jnp.zeros((), jnp.float32) for k in keys})
   (grads, sums), _ = jax.lax.scan(body, zeros, jax.tree.map(split, dict(batch)))
   return grads, sums
 
@@ -115,7 +116,8 @@ def train_step(state: TrainState, batch: Batch, *, model_config: TransformerConf
   (0. or 1.) say so.
   """
   model = transformer.Transformer(model_config)
-  grads, sums = _grads_and_sums(state.params, batch, model, grad_accum_steps)
+  grads, sums = accumulated_grads(functools.partial(loss_sums, model=model), state.params,
+                                  batch, grad_accum_steps, sum_keys())
   return guarded_update(state, grads, sums, count=sums['weight'], optimizer=optimizer,
                         schedule=schedule)
 

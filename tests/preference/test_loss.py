@@ -164,9 +164,9 @@ def test_gradient_accumulation_equals_the_whole_batch(tok):
   reference['chosen'] = reference['chosen'] - 1.0  # h = 1 for every pair
   batch = logprobs.with_reference(packed.batches[0], reference)
 
-  whole = jax.jit(lambda: loss_lib._grads_and_sums(
+  whole = jax.jit(lambda: loss_lib.grads_and_sums(
       params, batch, 1, model_config=model_config, alpha=0.3, beta=0.5))()
-  split = jax.jit(lambda: loss_lib._grads_and_sums(
+  split = jax.jit(lambda: loss_lib.grads_and_sums(
       params, batch, 2, model_config=model_config, alpha=0.3, beta=0.5))()
   for key in loss_lib.SUM_KEYS:
     assert float(split[1][key]) == pytest.approx(float(whole[1][key]), rel=1e-5, abs=1e-4)
