@@ -30,7 +30,7 @@ def summary(quality, speedup, theoretical=None, *, families=None, baseline=98.0)
 
 def write_results(plan, summaries):
   for name, s in summaries.items():
-    os.makedirs(os.path.join(plan.eval_dir(), name))
+    os.makedirs(os.path.join(plan.eval_dir(), name), exist_ok=True)
     with open(os.path.join(plan.eval_dir(), name, 'results.json'), 'w') as f:
       json.dump({'summary': s, 'prompts': []}, f)
 
@@ -135,6 +135,21 @@ def test_report_names_each_missed_target_and_by_how_much(tmp_path):
           in missed['noisy_order_r1'])
   clean = missed['clean_inf_r1']
   assert 'worst family mixed (gap +2.0)' in clean and '97.6 against 98.0' in clean
+
+
+def test_a_win_by_wall_clock_speedup_alone_needs_the_theoretical_speedup_too(tmp_path):
+  plan = experiment.Plan(out=str(tmp_path), datasets=('noisy',), lams=(1.0,), rounds=1)
+  sft, model = experiment.sft_name('noisy'), experiment.po_name('noisy', 1.0, 1)
+  # 12% faster by the clock, the same theoretical speedup: timing noise.
+  write_results(plan, {sft: summary(95.0, 1.5, 3.0), model: summary(95.0, 1.68, 3.0)})
+  (check,) = [t for t in experiment.targets(plan, *experiment.load_points(plan))
+              if t.key == 'noisy_dominates']
+  assert not check.passed and 'a wall-clock gain only' in check.detail
+  # The theoretical speedup up 10% as well: a real win.
+  write_results(plan, {model: summary(95.0, 1.68, 3.3)})
+  (check,) = [t for t in experiment.targets(plan, *experiment.load_points(plan))
+              if t.key == 'noisy_dominates']
+  assert check.passed and 'wall-clock gain only' not in check.detail
 
 
 def test_report_of_a_missing_evaluation_is_a_data_error(tmp_path):
