@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # On CPU a call's cost grows with its batch and it waits for its longest
   # request: 16 samples per call beat 64 (scripts/bench_sampling.py).
   config.po.sample_batch_size = 16
-  config.po.chunk_prompts = 50
+  config.po.chunk_prompts = 40  # 400 requests: 25 full calls of 16
   config.po.alpha = 0.1
   config.po.beta = 0.5
   config.po.batch_size = 8
