@@ -89,6 +89,10 @@ def main(argv):
       if _DRY_RUN.value:
         continue
       os.makedirs(plan.out, exist_ok=True)
+      shared = plan.share_first_samples(step)
+      if shared:
+        print(f'[{i}/{len(steps)}] {step.name}: round 1 samples copied from {shared} (the '
+              'same model, prompts and seed)', flush=True)
       start = time.perf_counter()
       status = subprocess.call([sys.executable, '-m', *step.argv], cwd=root)
       if status:

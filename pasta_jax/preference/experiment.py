@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from typing import Any, Mapping, Sequence
 
 from pasta_jax import errors
@@ -184,6 +185,30 @@ class Plan:
       argv.append(f'--num_prompts={self.num_prompts}')
     steps.append(Step('evaluate', tuple(argv), self.eval_dir(), 'evaluate'))
     return steps
+
+  def share_first_samples(self, step: Step) -> str | None:
+    """Before a stage-2 step: copies round 1's samples from another lambda of the
+    same data set that has them, and says from where (None if it did not).
+
+    Round 1 samples the same SFT model with the same prompts and seed whatever
+    lambda is (lambda only picks the pairs), so its samples are the same; the
+    copied marker carries their settings, which the run checks as when resuming.
+    """
+    if step.kind != 'stage2':
+      return None
+    data = next(d for d in self.datasets for lam in self.lams
+                if self.po_dir(d, lam) == step.workdir)
+    target = rounds_lib.round_dir(step.workdir, 1)
+    if os.path.exists(os.path.join(target, rounds_lib.SAMPLES_FILE)):
+      return None
+    for lam in self.lams:
+      source = rounds_lib.round_dir(self.po_dir(data, lam), 1)
+      if source != target and rounds_lib.read_marker(source, 'sampled') is not None:
+        os.makedirs(target, exist_ok=True)
+        for name in (rounds_lib.SAMPLES_FILE, 'sampled.done'):  # the marker last
+          shutil.copyfile(os.path.join(source, name), os.path.join(target, name))
+        return source
+    return None
 
   def eval_settings(self) -> dict[str, Any]:
     """What a finished evaluation was run on: its models (with their latest

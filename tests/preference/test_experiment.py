@@ -92,6 +92,24 @@ def test_finished_steps_are_recognised_from_what_they_leave(tmp_path):
   assert not evaluate.finished(plan)
 
 
+def test_round_one_samples_are_shared_between_lambdas(tmp_path):
+  plan = experiment.Plan(out=str(tmp_path), datasets=('noisy',), lams=(1.0, 2.0), rounds=1)
+  _, _, first, second, _ = plan.steps()
+  assert plan.share_first_samples(second) is None  # nothing sampled yet
+  source = rounds.round_dir(first.workdir, 1)
+  os.makedirs(source)
+  with open(os.path.join(source, rounds.SAMPLES_FILE), 'w') as f:
+    f.write('{"chunk": 1}\n')
+  assert plan.share_first_samples(second) is None  # sampling not finished
+  common.mark(source, 'sampled', {'seed': 7})
+  assert plan.share_first_samples(second) == source
+  target = rounds.round_dir(second.workdir, 1)
+  assert open(os.path.join(target, rounds.SAMPLES_FILE)).read() == '{"chunk": 1}\n'
+  assert rounds.read_marker(target, 'sampled') == {'settings': {'seed': 7}}
+  assert plan.share_first_samples(second) is None  # it has them now
+  assert plan.share_first_samples(plan.steps()[-1]) is None  # not a stage-2 step
+
+
 def test_report_meets_the_targets_on_good_results(tmp_path):
   plan = experiment.Plan(out=str(tmp_path))
   write_results(plan, good_results(plan))
