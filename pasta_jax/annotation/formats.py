@@ -212,7 +212,7 @@ def read(path: str, fmt: str = 'auto', *, fields: tuple[str, str] = ('prompt', '
         yield Record(where, None, None, row, (SKIPPED_NO_RESPONSE, str(e)))
         continue
       except _BadRecord as e:
-        problem = f'not a {fmt} record: {e}'
+        problem = f'does not fit the {fmt} format of this file: {e}'
         if on_error == 'fail':
           raise tfds_builders.JsonlError(path, number, problem) from None
         yield Record(where, None, None, row, (SKIPPED_BAD_RECORD, problem))
