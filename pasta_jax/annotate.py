@@ -23,6 +23,7 @@ retries or the service refused the requests, 2 and 3 for bad flags and input
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -125,6 +126,8 @@ def _job() -> job_lib.Job:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  for name in ('openai', 'httpx', 'httpx2', 'httpcore', 'httpcore2'):  # a line per request
+    logging.getLogger(name).setLevel(logging.WARNING)
   job = _job()
   summary, _ = job_lib.run_job(job)
   failed = summary.outcomes[runner.FAILED]

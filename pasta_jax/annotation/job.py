@@ -130,13 +130,16 @@ def _check_paths(job: Job) -> None:
         raise errors.UsageError(f'{name} and {other} are the same file {paths[name]}')
 
 
-def _service(job: Job, counters: service_lib.Counters,
-             cache: cache_lib.Cache) -> service_lib.Service:
+def _check_service(job: Job) -> None:
   missing = [name for name, value in (('--model', job.model), ('--api_key or OPENAI_API_KEY '
                                       '(any value for a service without keys)', job.api_key))
              if not value]
   if missing:
     raise errors.UsageError(f'--annotator=llm needs {" and ".join(missing)}')
+
+
+def _service(job: Job, counters: service_lib.Counters,
+             cache: cache_lib.Cache) -> service_lib.Service:
   return service_lib.Service(base_url=job.base_url, api_key=job.api_key, model=job.model,
                              timeout=job.timeout, retry=job.retry,
                              temperature=job.temperature, max_tokens=job.max_tokens,
@@ -161,6 +164,9 @@ def run_job(job: Job, out: TextIO | None = None) -> tuple[runner.Summary,
   if job.annotator not in ANNOTATORS:
     raise errors.UsageError(f'--annotator={job.annotator}: expected one of {ANNOTATORS}')
   _check_paths(job)
+  if job.annotator == 'llm':
+    _check_service(job)
+  lengths, note = lengths_for(job)
   fields = job.fields or ('prompt', 'response')
   fmt = 'fields' if job.fields else job.format
   records = []
@@ -168,7 +174,6 @@ def run_job(job: Job, out: TextIO | None = None) -> tuple[runner.Summary,
     if job.limit is not None and len(records) >= job.limit:
       break
     records.append(record)
-  lengths, note = lengths_for(job)
   print(f'note: {note}', file=out)
   counters = cache = service = None
   metadata = {'annotator': job.annotator,

@@ -132,7 +132,9 @@ def _failure(error: Exception) -> RequestFailed:
     return RequestFailed('connection', f'{type(cause).__name__}: {cause}', retryable=True)
   if isinstance(error, openai.APIStatusError):
     status = error.status_code
-    text = str(error.message)[:300]
+    body = error.body
+    text = str(body['message'] if isinstance(body, dict) and body.get('message')
+               else body if isinstance(body, str) and body else error.message)[:300]
     if status in FATAL_STATUSES:
       return RequestFailed(str(status), f'{text} ({FATAL_STATUSES[status]})', fatal=True)
     return RequestFailed(str(status), text,

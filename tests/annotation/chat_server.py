@@ -1,6 +1,6 @@
 """A real HTTP server on 127.0.0.1 that speaks the chat-completions protocol, scripted
 per test: `ChatServer(script)` answers each `POST /v1/chat/completions` with what
-`script(request)` returns (an `Answer`, an `Error`, a `Slow` answer or `DROP`).
+`script(request)` returns (an `Answer`, an `Error`, a `Slow` answer, a `Raw` payload or `DROP`).
 
 `Request` gives a script what it needs: the response being annotated, whether the
 request asks for a fix (and the error shown), the model; `rules_answer` is a correct
@@ -29,6 +29,7 @@ FIX_MARK = 'Your annotation is not valid: '
 class Request:
   body: dict[str, Any]
   number: int  # 1-based, in arrival order
+  time: float  # time.monotonic() at arrival
 
   @property
   def messages(self) -> list[dict[str, str]]:
@@ -74,6 +75,13 @@ class Slow:
   answer: Answer
 
 
+@dataclasses.dataclass(frozen=True)
+class Raw:
+  """A 200 reply with this JSON payload as it is (e.g. no `choices`)."""
+
+  payload: dict[str, Any]
+
+
 DROP = 'drop'  # close the connection without a response
 
 
@@ -104,7 +112,7 @@ class ChatServer:
         body = json.loads(self.rfile.read(length))
         with server._lock:  # pylint: disable=protected-access
           server.paths.append(self.path)
-          request = Request(body, len(server.received) + 1)
+          request = Request(body, len(server.received) + 1, time.monotonic())
           server.received.append(request)
         if self.path != '/v1/chat/completions':
           return self._send(404, {'error': {'message': f'no route {self.path}'}})
@@ -115,6 +123,8 @@ class ChatServer:
         if isinstance(action, Slow):
           time.sleep(action.seconds)
           action = action.answer
+        if isinstance(action, Raw):
+          return self._send(200, action.payload)
         if isinstance(action, Error):
           return self._send(action.status, {'error': {'message': action.message,
                                                       'type': 'scripted'}}, action.headers)
@@ -147,7 +157,8 @@ class ChatServer:
 
     self._httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     self._httpd.daemon_threads = True
-    self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+    self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,),
+                                    daemon=True)
 
   @property
   def url(self) -> str:
