@@ -246,8 +246,7 @@ def run(records: Sequence[formats.Record], annotate: Callable[[formats.Record], 
     with open(temporary[output], 'w', encoding='utf-8') as out, \
          open(temporary[rejects], 'w', encoding='utf-8') as rej:
       pending: collections.deque = collections.deque()
-      window = 4 * concurrency
-      records_left = iter(records)
+      window = 4 * concurrency  # results waiting to be written in order, at most
 
       def write_next() -> None:
         result = pending.popleft().result()
@@ -261,7 +260,7 @@ def run(records: Sequence[formats.Record], annotate: Callable[[formats.Record], 
                    'failed': summary.outcomes[FAILED]}
         bar.set_postfix({**numbers, **(postfix() if postfix else {})}, refresh=False)
 
-      for record in records_left:
+      for record in records:
         pending.append(pool.submit(annotate, record))
         while len(pending) >= window or (pending and pending[0].done()):
           write_next()

@@ -135,9 +135,25 @@ def align(doc: lang.Document, response: str) -> lang.Document:
   return result
 
 
+def drop_idle_syncs(doc: lang.Document) -> lang.Document:
+  """The document without the syncs that wait for nothing (no promise since the
+  start or the previous sync): they change nothing but cost a decoding step."""
+  nodes, outstanding = [], False
+  for node in doc.nodes:
+    if isinstance(node, lang.Sync):
+      if not outstanding:
+        continue
+      outstanding = False
+    elif isinstance(node, lang.Promise):
+      outstanding = True
+    nodes.append(node)
+  return lang.Document(tuple(nodes))
+
+
 def check(reply: str | None, response: str, *, finish_reason: str | None = None
           ) -> lang.Document:
-  """The annotated document of a reply, laid on `response` (`align`).
+  """The annotated document of a reply, laid on `response` (`align`), without
+  idle syncs (`drop_idle_syncs`).
 
   Args:
     reply: the annotator's text (None or empty: nothing came back).
@@ -156,7 +172,7 @@ def check(reply: str | None, response: str, *, finish_reason: str | None = None
     doc = lang.parse(reply, annotated=True, quantum=1)
   except lang.PastaLangError as e:
     raise Invalid(PARSE_ERROR, f'PASTA-LANG error at {e}') from None
-  doc = align(doc, response)
+  doc = drop_idle_syncs(align(doc, response))
   for promise in doc.promises:
     if not promise.body.strip():
       raise Invalid(EMPTY_BODY, f'promise {promise.topic!r} has an empty <async> body; '

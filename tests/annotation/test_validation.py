@@ -70,6 +70,13 @@ def test_invalid_replies(reply, reason, detail):
   assert info.value.reason == reason and detail in info.value.detail
 
 
+def test_syncs_that_wait_for_nothing_are_dropped():
+  doc = validation.check('<sync/>a<promise topic="x" tokens="10"/><async>b</async>'
+                         '<sync/><sync/>c<sync/>', 'abc')
+  assert doc.nodes == (lang.Text('a'), lang.Promise('x', 10, 'b'), lang.Sync(), lang.Text('c'))
+  assert validation.check('a<sync/>b', 'ab') == lang.Document.of('ab')
+
+
 def test_truncated_reply_is_invalid_even_when_it_parses():
   with pytest.raises(validation.Invalid) as info:
     validation.check('ab', 'ab', finish_reason='length')
