@@ -3,7 +3,8 @@ with our own retries, a shared Retry-After pause, the reply cache and counters.
 
 The client is made with `max_retries=0`; `Service.complete` retries by itself
 (docs/annotation.md, "Retries"): on 408, 409, 429 and 5xx statuses, timeouts,
-connection errors and unreadable replies, up to `Retry.max_retries` times, waiting
+connection errors and unreadable replies (not JSON, no `choices[0].message`, content
+that is not a string), up to `Retry.max_retries` times, waiting
 `Retry.delay` (exponential backoff with jitter, or the service's Retry-After).
 401, 403 and 404 stop the whole run (a key, a permission, a base URL or a model
 that is wrong for every request); other statuses fail that request only.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import email.utils
+import json
 import random
 import threading
 import time
@@ -237,13 +239,19 @@ class Service:
           model=self.model, messages=messages, **self.settings)
     except openai.OpenAIError as e:
       raise _failure(e) from e
+    except json.JSONDecodeError as e:  # a body that says it is JSON but is not
+      raise RequestFailed('bad-response', f'the reply is not JSON: {e}', retryable=True) from e
     choices = getattr(completion, 'choices', None)
     if not choices or getattr(choices[0], 'message', None) is None:
       raise RequestFailed('bad-response', f'a reply without choices[0].message: '
                           f'{str(completion)[:200]}', retryable=True)
+    content = choices[0].message.content
+    if content is not None and not isinstance(content, str):
+      raise RequestFailed('bad-response', f'choices[0].message.content is a '
+                          f'{type(content).__name__}, not a string', retryable=True)
     usage = getattr(completion, 'usage', None)
     tokens = {'prompt_tokens': getattr(usage, 'prompt_tokens', 0) or 0,
               'completion_tokens': getattr(usage, 'completion_tokens', 0) or 0}
     self.counters.add(answered=1, **tokens)
-    return {'content': choices[0].message.content,
+    return {'content': content,
             'finish_reason': choices[0].finish_reason, 'usage': tokens}

@@ -77,9 +77,9 @@ class Slow:
 
 @dataclasses.dataclass(frozen=True)
 class Raw:
-  """A 200 reply with this JSON payload as it is (e.g. no `choices`)."""
+  """A 200 reply with this payload as it is (e.g. no `choices`; bytes: not JSON)."""
 
-  payload: dict[str, Any]
+  payload: dict[str, Any] | bytes
 
 
 DROP = 'drop'  # close the connection without a response
@@ -141,7 +141,7 @@ class ChatServer:
             server.answered.append(request.key)
 
       def _send(self, status, payload, headers=None) -> bool:
-        data = json.dumps(payload).encode()
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         try:
           self.send_response(status)
           self.send_header('content-type', 'application/json')

@@ -264,6 +264,28 @@ def test_mistakes(tmp_path, args, status, message):
   assert not (tmp_path / 'out.jsonl').exists()
 
 
+def test_rules_run_named_fields_skips_and_limit(tmp_path):
+  rows = [{'q': 'a', 'a': LISTS[0]}, {'q': 'b', 'a': 7}, {'q': 'c', 'a': 'plain'},
+          {'q': 'd', 'a': LISTS[1]}, {'q': 'e', 'a': LISTS[2]}]
+  summary, counters, out = run_job(None, tmp_path, rows, annotator='rules', on_error='skip',
+                                   fields=('q', 'a'), limit=4)
+  assert counters is None and 'estimates (one token per 4 characters)' in out
+  assert dict(summary.outcomes) == {runner.ANNOTATED: 2, runner.UNCHANGED: 1,
+                                    'skipped-bad-record': 1}
+  output, rejects = read_jsonl(tmp_path / 'out.jsonl'), read_jsonl(tmp_path / 'out.rejects.jsonl')
+  assert len(output) + len(rejects) == 4  # every record read has one line, once
+  assert [r['prompt'] for r in output] == ['a', 'c', 'd']
+  assert output[0]['annotated_response'] == (
+      'Steps:\n<promise topic="wash" tokens="10"/><async>- wash\n</async>'
+      '<promise topic="dry" tokens="10"/><async>- dry\n</async><sync/>\nDone.')
+  assert output[0]['annotation'] == {'input': f'{tmp_path}/in.jsonl:1', 'outcome': 'annotated',
+                                     'promises': 2, 'attempts': 1, 'annotator': 'rules',
+                                     'lengths': 'estimated'}
+  assert rejects[0]['original'] == rows[1] and "field 'a' must be a string" in rejects[0][
+      'detail']
+  assert not (tmp_path / 'out.cache.jsonl').exists()
+
+
 def test_rules_end_to_end_builds_a_pasta_jsonl_dataset(tmp_path):
   examples = list(synthetic.generate('train', 24))
   data = write_jsonl(tmp_path / 'plain.jsonl', [
