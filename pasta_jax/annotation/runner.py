@@ -199,12 +199,10 @@ class Summary:
     for outcome in OUTCOMES:
       n = self.outcomes[outcome]
       if n:
-        why = self.reasons_of(outcome) if outcome not in ACCEPTED else ''
-        if why and why != f'{outcome}: {n}':
-          why = f'  ({why})'
-        else:
+        why = '' if outcome in ACCEPTED else self.reasons_of(outcome)
+        if why == f'{outcome}: {n}':  # a skipped record's reason is its outcome
           why = ''
-        lines.append(f'  {outcome:<20} {n:>8,}{why}')
+        lines.append(f'  {outcome:<20} {n:>8,}' + (f'  ({why})' if why else ''))
     lines.append(f'  {"total":<20} {self.total:>8,}')
     return '\n'.join(lines)
 

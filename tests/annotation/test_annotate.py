@@ -3,6 +3,7 @@ server on 127.0.0.1 through the real `openai` client: outcomes and their files, 
 of invalid annotations, failed requests and exit statuses, a killed run that resumes
 without asking twice, and rules annotations that build as a pasta_jsonl dataset."""
 
+import dataclasses
 import io
 import json
 import os
@@ -13,6 +14,7 @@ import threading
 
 import pytest
 
+from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax.annotation import job as job_lib
 from pasta_jax.annotation import runner
@@ -284,6 +286,22 @@ def test_rules_run_named_fields_skips_and_limit(tmp_path):
   assert rejects[0]['original'] == rows[1] and "field 'a' must be a string" in rejects[0][
       'detail']
   assert not (tmp_path / 'out.cache.jsonl').exists()
+
+
+def test_tokenizer_settings(tmp_path):
+  tok = fixtures.synthetic_tokenizer(50)
+  tok.save(str(tmp_path / 'tok.model'))
+  job = job_lib.Job(input='in', output='out', annotator='rules',
+                    tokenizer=str(tmp_path / 'tok.model'))
+  lengths, note = job_lib.lengths_for(job)
+  assert lengths.measured and lengths.tokenizer == tok and 'counted by the tokenizer' in note
+  with pytest.raises(errors.UsageError, match=r'--quantum=5 disagrees with --tokenizer=.*, '
+                     'whose quantum is 10; leave --quantum out'):
+    job_lib.lengths_for(dataclasses.replace(job, quantum=5))
+  (tmp_path / 'plain.model').write_bytes((tmp_path / 'tok.model').read_bytes())  # no sidecar
+  with pytest.raises(errors.UsageError, match=r'--tokenizer=.*plain.model: cannot load it as '
+                     "a tokenizer \\(.*'<unused0>'"):
+    job_lib.lengths_for(dataclasses.replace(job, tokenizer=str(tmp_path / 'plain.model')))
 
 
 def test_rules_end_to_end_builds_a_pasta_jsonl_dataset(tmp_path):
