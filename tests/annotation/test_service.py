@@ -53,11 +53,11 @@ def test_429_with_retry_after_then_500_then_an_answer():
 
 def test_timeouts_dropped_connections_and_replies_without_choices_are_retried():
   with chat_server.ChatServer(scripted(
-      chat_server.Slow(2.0, chat_server.Answer('late')), chat_server.DROP,
+      chat_server.Slow(3.0, chat_server.Answer('late')), chat_server.DROP,
       chat_server.Raw({'id': 'x', 'object': 'chat.completion', 'choices': []}),
       chat_server.Raw(b'not json'),
       chat_server.Raw({'choices': [{'index': 0, 'message': {'content': 5}}]}))) as server:
-    svc = service(server, timeout=0.3, retry=service_lib.Retry(max_retries=5,
+    svc = service(server, timeout=1.0, retry=service_lib.Retry(max_retries=5,
                                                                initial_backoff=0.01))
     reply = svc.complete(CHAT)
   assert reply['content'].startswith('<promise')
