@@ -12,6 +12,8 @@ traceback. The statuses (also in docs/training.md, "Bad input"):
   4  CheckpointError: a run directory or checkpoint that is missing or damaged
   5  TrainingDiverged: a non-finite loss or gradient norm stopped training
   6  ResourceError: the machine ran out of something (disk space)
+  7  ServiceError: a remote service (the annotator's chat-completions API) refused
+     the requests or kept failing after the retries
 """
 
 from __future__ import annotations
@@ -51,3 +53,10 @@ class ResourceError(UserError):
   """The machine ran out of something the job needs (names what and where)."""
 
   exit_status = 6
+
+
+class ServiceError(UserError):
+  """A remote service refused the requests or kept failing after the retries (says
+  how many, why, and that running the same command again retries only those)."""
+
+  exit_status = 7
