@@ -258,8 +258,18 @@ def run(records: Sequence[formats.Record], annotate: Callable[[formats.Record], 
                    'failed': summary.outcomes[FAILED]}
         bar.set_postfix({**numbers, **(postfix() if postfix else {})}, refresh=False)
 
+      def annotate_or_stop(record):
+        try:
+          return annotate(record)
+        except service_lib.RequestFailed:
+          # Stop at once, in this worker: a record queued behind this one must not
+          # send its request before the main thread sees the failure.
+          if on_stop is not None:
+            on_stop()
+          raise
+
       for record in records:
-        pending.append(pool.submit(annotate, record))
+        pending.append(pool.submit(annotate_or_stop, record))
         while len(pending) >= window or (pending and pending[0].done()):
           write_next()
       while pending:
