@@ -188,7 +188,7 @@ def read(path: str, fmt: str = 'auto', *, fields: tuple[str, str] = ('prompt', '
   with open(path, 'rb') as f:
     for number, raw in enumerate(f, 1):
       where = f'{path}:{number}'
-      line = tfds_builders._decode(raw, path, number)  # pylint: disable=protected-access
+      line = tfds_builders.decode_line(raw, path, number)
       if not line.strip():
         continue
       try:

@@ -324,7 +324,7 @@ def read_jsonl(path: str, config: PastaJsonlConfig,
   with open(path, 'rb') as f:
     for line_number, raw in enumerate(f, 1):
       try:
-        line = _decode(raw, path, line_number)
+        line = decode_line(raw, path, line_number)
         if not line.strip():
           continue
         record = _record(json_line=line, path=path, line=line_number, config=config)
@@ -337,7 +337,9 @@ def read_jsonl(path: str, config: PastaJsonlConfig,
       yield line_number, record
 
 
-def _decode(raw: bytes, path: str, line: int) -> str:
+def decode_line(raw: bytes, path: str, line: int) -> str:
+  """One JSONL line as text (a leading UTF-8 BOM dropped); JsonlError naming
+  path:line for invalid UTF-8 (also the annotator's reader, annotation/formats.py)."""
   if line == 1 and raw.startswith(codecs.BOM_UTF8):
     raw = raw[len(codecs.BOM_UTF8):]
   try:
