@@ -54,18 +54,13 @@ from pasta_jax.preference import common
 from pasta_jax.preference import phases
 from pasta_jax.preference import training
 # What callers read a round's directory with.
-from pasta_jax.preference.common import PAIRS_FILE  # noqa: F401
 from pasta_jax.preference.common import PHASES  # noqa: F401
-from pasta_jax.preference.common import REFERENCE_FILE  # noqa: F401
 from pasta_jax.preference.common import SAMPLES_FILE  # noqa: F401
 from pasta_jax.preference.common import SUMMARY_FILE  # noqa: F401
 from pasta_jax.preference.common import read_marker  # noqa: F401
 from pasta_jax.preference.common import read_pairs  # noqa: F401
 from pasta_jax.preference.common import read_reference  # noqa: F401
 from pasta_jax.preference.common import round_dir  # noqa: F401
-from pasta_jax.preference.common import round_seed  # noqa: F401
-from pasta_jax.preference.training import batch_order  # noqa: F401
-from pasta_jax.preference.training import num_train_steps  # noqa: F401
 from pasta_jax.settings import Mode
 from pasta_jax.training import inputs
 from pasta_jax.training import loop
