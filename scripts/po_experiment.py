@@ -18,9 +18,9 @@ stopped one resumes, so running the same command again continues the
 experiment. --report_only prints the report of a finished evaluation.
 
 On 2 CPU cores the full experiment takes hours (docs/benchmarks.md has the
-times): stage 1 about 10 minutes per model, one round of stage 2 (2000 prompts
-x 10 samples) about (see docs/benchmarks.md) minutes, the evaluation about 2
-minutes per model.
+times): stage 1 about 10 minutes per model, one round of stage 2 (500 prompts
+x 10 samples) about 5 to 8 minutes per lambda, the evaluation about 2 minutes per
+model.
 """
 
 from __future__ import annotations
