@@ -18,7 +18,7 @@ from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax.annotation import job as job_lib
 from pasta_jax.annotation import runner
-from pasta_jax.annotation import service as service_lib
+from pasta_jax.chat import service as service_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
