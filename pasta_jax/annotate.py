@@ -23,7 +23,6 @@ retries or the service refused the requests, 2 and 3 for bad flags and input
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Sequence
 
@@ -36,28 +35,34 @@ from pasta_jax.annotation import formats
 from pasta_jax.annotation import job as job_lib
 from pasta_jax.annotation import runner
 from pasta_jax.chat import flags as chat_flags
+from pasta_jax.chat import service as service_lib
 
-_INPUT = flags.DEFINE_string('input', None, 'JSONL file of responses to annotate.')
-_OUTPUT = flags.DEFINE_string('output', None, 'JSONL file to write (pasta_jsonl fields).')
+_INPUT = cli.define(flags.DEFINE_string, 'input', None,
+                    'JSONL file of responses to annotate.')
+_OUTPUT = cli.define(flags.DEFINE_string, 'output', None,
+                     'JSONL file to write (pasta_jsonl fields).')
 _ANNOTATOR = flags.DEFINE_enum('annotator', None, list(job_lib.ANNOTATORS),
                                'llm (a chat-completions service) or rules (list items).')
 _FORMAT = flags.DEFINE_enum('format', 'auto', ['auto', *formats.FORMATS[:-1]],
                             'Input format; auto: detected from the first record.')
-_PROMPT_FIELD = flags.DEFINE_string('prompt_field', None, 'Field holding the prompt '
-                                    '(default "prompt" when --response_field is set).')
+_PROMPT_FIELD = cli.define(flags.DEFINE_string, 'prompt_field', None,
+                           'Field holding the prompt (default "prompt" when '
+                           '--response_field is set).')
 _RESPONSE_FIELD = flags.DEFINE_string('response_field', None, 'Field holding the response '
                                       '(default "response" when --prompt_field is set).')
 _ON_ERROR = flags.DEFINE_enum('on_error', 'fail', ['fail', 'skip'],
                               'A record that does not fit the format: stop, or skip it '
                               '(outcome skipped-bad-record, in the rejects file).')
-_LIMIT = flags.DEFINE_integer('limit', None, 'Annotate the first N records only.')
+_LIMIT = cli.define(flags.DEFINE_integer, 'limit', None,
+                    'Annotate the first N records only.')
 _REJECTS = flags.DEFINE_string('rejects', None, 'Rejects file (default: OUTPUT with '
                                '.rejects.jsonl in place of .jsonl).')
-_CACHE = flags.DEFINE_string('cache', None, 'Reply cache (default: OUTPUT with '
-                             '.cache.jsonl in place of .jsonl).')
+_CACHE = cli.define(flags.DEFINE_string, 'cache', None, 'Reply cache (default: OUTPUT with '
+                    '.cache.jsonl in place of .jsonl).')
 _SERVICE = chat_flags.ServiceFlags(model_help='Model name for --annotator=llm.')
-_FIX_ATTEMPTS = flags.DEFINE_integer('fix_attempts', 1, 'Requests for a fix of an invalid '
-                                     'annotation, the error shown to the model.')
+_FIX_ATTEMPTS = cli.define(flags.DEFINE_integer, 'fix_attempts', 1,
+                           'Requests for a fix of an invalid annotation, the error shown '
+                           'to the model.')
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Tokenizer that counts promised '
                                  "lengths: a run directory, a run's tokenizer.model or a "
                                  'sentencepiece model.')
@@ -104,8 +109,7 @@ def _job() -> job_lib.Job:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  for name in ('openai', 'httpx', 'httpx2', 'httpcore', 'httpcore2'):  # a line per request
-    logging.getLogger(name).setLevel(logging.WARNING)
+  service_lib.quiet_client_logs()
   job = _job()
   summary, _ = job_lib.run_job(job)
   failed = summary.outcomes[runner.FAILED]

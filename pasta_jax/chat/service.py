@@ -20,6 +20,7 @@ import collections
 import dataclasses
 import email.utils
 import json
+import logging
 import random
 import threading
 import time
@@ -40,6 +41,12 @@ def fatal_hints(*, base_url: str = '--base_url', api_key: str = '--api_key',
   return {401: f'check the API key ({api_key} or OPENAI_API_KEY)',
           403: 'the key may not use this model or endpoint',
           404: f'check {base_url} (it ends in /v1 for most services) and {model}'}
+
+
+def quiet_client_logs() -> None:
+  """Keeps the client's libraries from logging a line per request."""
+  for name in ('openai', 'httpx', 'httpx2', 'httpcore', 'httpcore2'):
+    logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RequestFailed(Exception):
