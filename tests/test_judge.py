@@ -275,3 +275,78 @@ def test_cli_mistakes(tmp_path, args, status, message):
                *args)
   assert result.returncode == status and message in result.stderr, result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_evaluation_rows_get_the_win_rate_per_family_beside_the_checkers(tmp_path):
+  from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
+
+  def row(family, pasta, baseline, status='done'):
+    return comparison.PromptResult(
+        prompt='q', family=family, baseline_text=baseline, baseline_quality=1.0,
+        baseline_tokens=10, baseline_decode_seconds=1.0, baseline_prefill_seconds=0.1,
+        pasta_text=pasta, pasta_annotated=None, pasta_quality=0.5, pasta_tokens=10,
+        pasta_steps=5, pasta_decode_seconds=0.5, pasta_prefill_seconds=0.1,
+        pasta_status=status, baseline_status=status, timeline=[[1, 0, 5], [1, 1, 6]])
+
+  rows = {'a': [row('lists', 'good', 'bad'), row('lists', 'bad', 'good'),
+                row('math', 'fine', 'bad'), row('math', '', '', 'prompt_too_long')],
+          'b': [row('lists', 'fine', 'fine')]}
+  with chat_server.ChatServer(fair(0.8)) as server:
+    judgements = comparison.judge_rows(judging.Judge(service(server)), rows, concurrency=2)
+    assert server.count() == 8  # 4 decoded pairs x 2 orders (no cache here)
+  assert len(judgements) == 4 and rows['a'][3].judge is None  # not decoded: not judged
+  summary = comparison.summarize(rows['a'])
+  assert summary['lists']['judge_win_rate'] == pytest.approx(50.0)
+  assert summary['math']['judge_win_rate'] == pytest.approx(85.0)
+  assert summary['all']['judge_win_rate'] == pytest.approx(100 * 1.85 / 3)
+  assert summary['all']['judge_judged'] == 3 and summary['all']['judge_from_logprobs'] == 1.0
+  table = comparison.markdown_table(summary).splitlines()
+  assert '| quality: PASTA | judge: PASTA win rate | tokens' in table[0]
+  assert table[2].startswith('| lists | 2 | 100.0 | 50.0 | 50.0 | ')
+  assert table[1].count('---') == 12
+  paths = comparison.write_outputs(rows['a'], summary, str(tmp_path))
+  with open(paths['results']) as f:
+    saved = json.load(f)
+  assert saved['prompts'][0]['judge']['win'] == pytest.approx(0.85)
+  assert saved['prompts'][0]['judge']['orders'][1]['verdict'] == 'B'
+  assert saved['prompts'][3]['judge'] is None
+  both = comparison.comparison_table({'a': summary, 'b': comparison.summarize(rows['b'])}, {})
+  assert '| quality: PASTA | judge: PASTA win rate | theoretical' in both
+  assert '| b |  | 100.0 | 50.0 | 50.0 | ' in both
+  assert 'judge' not in comparison.markdown_table(comparison.summarize([row('x', 'a', 'b')]))
+
+
+def test_stage_two_judge_settings_are_checked(monkeypatch):
+  from pasta_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from pasta_jax.preference import judged  # pylint: disable=g-import-not-at-top
+  from configs import synth_po  # pylint: disable=g-import-not-at-top
+
+  def config(**po):
+    c = synth_po.get_config('tiny')
+    c.init.run = '/some/run'
+    c.po.update(po)
+    return c
+
+  assert config_lib.resolve(config()).po.quality == 'exact'
+  with pytest.raises(config_lib.ConfigError, match=r"po.quality='best': expected one of"):
+    config_lib.resolve(config(quality='best'))
+  with pytest.raises(config_lib.ConfigError, match=r"config.po.judge.model='': expected the "):
+    config_lib.resolve(config(quality='judge'))
+  c = config(quality='judge')
+  c.po.judge.update({'model': 'm', 'sequential_run': '/seq', 'top_logprobs': -1})
+  with pytest.raises(config_lib.ConfigError, match=r'po.judge.top_logprobs=-1: expected an '):
+    config_lib.resolve(c)
+  c.po.judge.top_logprobs = 0
+  c.data.name = 'pasta_jsonl'  # any data set, with the judge
+  c.data.jsonl_name, c.data.jsonl_paths = 'x', 'train=x.jsonl'
+  resolved = config_lib.resolve(c)
+  monkeypatch.delenv('OPENAI_API_KEY', raising=False)
+  with pytest.raises(config_lib.ConfigError, match=r'API key in the environment variable '
+                     'OPENAI_API_KEY'):
+    judged.service_settings(resolved)
+  monkeypatch.setenv('OPENAI_API_KEY', 'k')
+  settings = judged.service_settings(resolved)
+  assert (settings.model, settings.api_key, settings.max_tokens) == ('m', 'k', 16)
+  c.po.quality = 'exact'
+  with pytest.raises(config_lib.ConfigError, match="'pasta_synth' in stage 2 with po.quality"):
+    config_lib.resolve(c)
