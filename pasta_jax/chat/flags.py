@@ -19,7 +19,6 @@ from pasta_jax import errors
 from pasta_jax.chat import cache as cache_lib
 from pasta_jax.chat import service as service_lib
 
-
 NAMES = {'base_url': '--base_url', 'api_key': '--api_key', 'model': '--model'}
 
 
