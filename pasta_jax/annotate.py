@@ -23,7 +23,6 @@ retries or the service refused the requests, 2 and 3 for bad flags and input
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Sequence
 
@@ -35,43 +34,35 @@ from pasta_jax import errors
 from pasta_jax.annotation import formats
 from pasta_jax.annotation import job as job_lib
 from pasta_jax.annotation import runner
-from pasta_jax.annotation import service as service_lib
+from pasta_jax.chat import flags as chat_flags
+from pasta_jax.chat import service as service_lib
 
-_INPUT = flags.DEFINE_string('input', None, 'JSONL file of responses to annotate.')
-_OUTPUT = flags.DEFINE_string('output', None, 'JSONL file to write (pasta_jsonl fields).')
+_INPUT = cli.define(flags.DEFINE_string, 'input', None,
+                    'JSONL file of responses to annotate.')
+_OUTPUT = cli.define(flags.DEFINE_string, 'output', None,
+                     'JSONL file to write (pasta_jsonl fields).')
 _ANNOTATOR = flags.DEFINE_enum('annotator', None, list(job_lib.ANNOTATORS),
                                'llm (a chat-completions service) or rules (list items).')
 _FORMAT = flags.DEFINE_enum('format', 'auto', ['auto', *formats.FORMATS[:-1]],
                             'Input format; auto: detected from the first record.')
-_PROMPT_FIELD = flags.DEFINE_string('prompt_field', None, 'Field holding the prompt '
-                                    '(default "prompt" when --response_field is set).')
+_PROMPT_FIELD = cli.define(flags.DEFINE_string, 'prompt_field', None,
+                           'Field holding the prompt (default "prompt" when '
+                           '--response_field is set).')
 _RESPONSE_FIELD = flags.DEFINE_string('response_field', None, 'Field holding the response '
                                       '(default "response" when --prompt_field is set).')
 _ON_ERROR = flags.DEFINE_enum('on_error', 'fail', ['fail', 'skip'],
                               'A record that does not fit the format: stop, or skip it '
                               '(outcome skipped-bad-record, in the rejects file).')
-_LIMIT = flags.DEFINE_integer('limit', None, 'Annotate the first N records only.')
+_LIMIT = cli.define(flags.DEFINE_integer, 'limit', None,
+                    'Annotate the first N records only.')
 _REJECTS = flags.DEFINE_string('rejects', None, 'Rejects file (default: OUTPUT with '
                                '.rejects.jsonl in place of .jsonl).')
-_CACHE = flags.DEFINE_string('cache', None, 'Reply cache (default: OUTPUT with '
-                             '.cache.jsonl in place of .jsonl).')
-_BASE_URL = flags.DEFINE_string('base_url', None, 'Chat-completions base URL, e.g. '
-                                'http://localhost:8000/v1 (default: $OPENAI_BASE_URL).')
-_API_KEY = flags.DEFINE_string('api_key', None, 'API key (default: $OPENAI_API_KEY).')
-_MODEL = flags.DEFINE_string('model', None, 'Model name for --annotator=llm.')
-_CONCURRENCY = flags.DEFINE_integer('concurrency', 8, 'Requests in flight at once.')
-_TIMEOUT = flags.DEFINE_float('timeout', 120.0, 'Seconds one request may take.')
-_MAX_RETRIES = flags.DEFINE_integer('max_retries', 6, 'Retries of a request after 408, '
-                                    '409, 429, 5xx, a timeout or a connection error.')
-_INITIAL_BACKOFF = flags.DEFINE_float('initial_backoff', 1.0, 'Seconds before the first '
-                                      'retry (doubling, with jitter).')
-_MAX_BACKOFF = flags.DEFINE_float('max_backoff', 60.0, 'Longest wait between retries '
-                                  '(a Retry-After is honoured up to 600 s).')
-_TEMPERATURE = flags.DEFINE_float('temperature', 0.0, 'Sampling temperature.')
-_MAX_TOKENS = flags.DEFINE_integer('max_tokens', None, 'Longest reply in tokens (default: '
-                                   "the service's).")
-_FIX_ATTEMPTS = flags.DEFINE_integer('fix_attempts', 1, 'Requests for a fix of an invalid '
-                                     'annotation, the error shown to the model.')
+_CACHE = cli.define(flags.DEFINE_string, 'cache', None, 'Reply cache (default: OUTPUT with '
+                    '.cache.jsonl in place of .jsonl).')
+_SERVICE = chat_flags.ServiceFlags(model_help='Model name for --annotator=llm.')
+_FIX_ATTEMPTS = cli.define(flags.DEFINE_integer, 'fix_attempts', 1,
+                           'Requests for a fix of an invalid annotation, the error shown '
+                           'to the model.')
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'Tokenizer that counts promised '
                                  "lengths: a run directory, a run's tokenizer.model or a "
                                  'sentencepiece model.')
@@ -89,15 +80,11 @@ def _job() -> job_lib.Job:
       raise app.UsageError(f'--{flag.name} is required')
   if not os.path.isfile(_INPUT.value):
     raise errors.UsageError(f'--input={_INPUT.value}: no such file')
-  cli.check_positive(_CONCURRENCY, _LIMIT, _QUANTUM)
-  for flag in (_MAX_RETRIES, _FIX_ATTEMPTS, _MAX_PROMISE_TOKENS):
+  cli.check_positive(_LIMIT, _QUANTUM)
+  for flag in (_FIX_ATTEMPTS, _MAX_PROMISE_TOKENS):
     if flag.value is not None:
       cli.check_flag(flag, flag.value >= 0, 'an int >= 0')
-  cli.check_flag(_TIMEOUT, _TIMEOUT.value > 0, 'a number of seconds > 0')
-  for flag in (_INITIAL_BACKOFF, _MAX_BACKOFF, _TEMPERATURE):
-    cli.check_flag(flag, flag.value >= 0, 'a number >= 0')
-  if _MAX_TOKENS.value is not None:
-    cli.check_positive(_MAX_TOKENS)
+  service = _SERVICE.settings()
   fields = None
   if _PROMPT_FIELD.value or _RESPONSE_FIELD.value:
     fields = (_PROMPT_FIELD.value or 'prompt', _RESPONSE_FIELD.value or 'response')
@@ -111,13 +98,9 @@ def _job() -> job_lib.Job:
       input=_INPUT.value, output=_OUTPUT.value, annotator=_ANNOTATOR.value,
       format=_FORMAT.value, fields=fields, on_error=_ON_ERROR.value, limit=_LIMIT.value,
       rejects=_REJECTS.value, cache=_CACHE.value,
-      base_url=_BASE_URL.value or os.environ.get('OPENAI_BASE_URL') or None,
-      api_key=_API_KEY.value or os.environ.get('OPENAI_API_KEY') or None,
-      model=_MODEL.value, concurrency=_CONCURRENCY.value, timeout=_TIMEOUT.value,
-      retry=service_lib.Retry(max_retries=_MAX_RETRIES.value,
-                              initial_backoff=_INITIAL_BACKOFF.value,
-                              max_backoff=_MAX_BACKOFF.value),
-      temperature=_TEMPERATURE.value, max_tokens=_MAX_TOKENS.value,
+      base_url=service.base_url, api_key=service.api_key, model=service.model,
+      concurrency=service.concurrency, timeout=service.timeout, retry=service.retry,
+      temperature=service.temperature, max_tokens=service.max_tokens,
       fix_attempts=_FIX_ATTEMPTS.value, tokenizer=_TOKENIZER.value,
       keep_predicted_tokens=_KEEP_PREDICTED.value, quantum=_QUANTUM.value,
       max_promise_tokens=_MAX_PROMISE_TOKENS.value)
@@ -126,8 +109,7 @@ def _job() -> job_lib.Job:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  for name in ('openai', 'httpx', 'httpx2', 'httpcore', 'httpcore2'):  # a line per request
-    logging.getLogger(name).setLevel(logging.WARNING)
+  service_lib.quiet_client_logs()
   job = _job()
   summary, _ = job_lib.run_job(job)
   failed = summary.outcomes[runner.FAILED]

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm import auto as tqdm_auto
 
+from pasta_jax import judging
 from pasta_jax.data import encoding
 from pasta_jax.data import records
 from pasta_jax.data import synthetic
@@ -57,6 +58,8 @@ class PromptResult:
   baseline_status: str
   timeline: list = dataclasses.field(default_factory=list)
   detail: str = ''  # why the prompt was not decoded ('' when it was)
+  # The LLM judge's PASTA answer against the sequential one (`judge_rows`), if asked.
+  judge: judging.Judgement | None = None
 
   @property
   def decoded(self) -> bool:
@@ -129,17 +132,47 @@ def summarize(rows: Sequence[PromptResult]) -> dict[str, dict[str, float]]:
         'realised_over_theoretical': wallclock / theoretical,
         'parallelism': geomean([r.parallelism for r in group]),
     }
+    if any(r.judge is not None for r in rows):
+      judged = judging.summarize([r.judge for r in group if r.judge is not None])['all']
+      out[name].update({f'judge_{k}': judged[k] for k in (
+          'win_rate', *judging.OUTCOMES, 'agreement', 'from_logprobs')})
   return out
 
 
+def judge_rows(judge: judging.Judge, rows_by_run: Mapping[str, Sequence[PromptResult]], *,
+               concurrency: int = 8, progress: bool = False) -> list[judging.Judgement]:
+  """Judges every decoded row's PASTA answer against its sequential answer (both
+  orders, `judging`) and keeps the judgement in `row.judge`; `summarize` then
+  reports the win rates. Raises `ServiceError` when the judge refuses the requests."""
+  todo = [row for rows in rows_by_run.values() for row in rows if row.decoded]
+  judgements = judging.judge_all(judge, [(r.prompt, r.pasta_text, r.baseline_text)
+                                         for r in todo],
+                                 concurrency=concurrency, progress=progress)
+  for row, judgement in zip(todo, judgements):
+    row.judge = judgement
+  return judgements
+
+
+def _judge_cell(s: Mapping[str, float]) -> str:
+  """The judge's win rate of PASTA, with the pairs that got none: '62.5 (1 invalid)'."""
+  rate = 'n/a' if s['judge_win_rate'] != s['judge_win_rate'] else f'{s["judge_win_rate"]:.1f}'
+  missing = ', '.join(f'{s[f"judge_{k}"]} {k}' for k in (judging.INVALID, judging.FAILED)
+                      if s[f'judge_{k}'])
+  return f'{rate} ({missing})' if missing else rate
+
+
 def markdown_table(summary: dict[str, dict[str, float]]) -> str:
-  lines = ['| family | prompts | quality: sequential | quality: PASTA | tokens: seq / PASTA '
+  """One row per family and 'all'; with a judge, its win rate of PASTA over the
+  sequential answers after the exact checkers' quality."""
+  judged = 'judge_win_rate' in summary['all']
+  lines = ['| family | prompts | quality: sequential | quality: PASTA | '
+           + ('judge: PASTA win rate | ' if judged else '') + 'tokens: seq / PASTA '
            '| PASTA rounds | theoretical speedup | wall-clock speedup | realised / theoretical '
-           '| end-to-end speedup | parallelism |', '|' + '---|' * 11]
+           '| end-to-end speedup | parallelism |', '|' + '---|' * (11 + judged)]
   for name, s in summary.items():
     lines.append(
         f'| {name} | {_prompts_cell(s)} | {s["baseline_quality"]:.1f} | '
-        f'{s["pasta_quality"]:.1f} | '
+        f'{s["pasta_quality"]:.1f} | ' + (f'{_judge_cell(s)} | ' if judged else '') +
         f'{s["baseline_tokens"]:.1f} / {s["pasta_tokens"]:.1f} | {s["pasta_steps"]:.1f} | '
         f'{s["theoretical_speedup"]:.2f}x | {s["wallclock_speedup"]:.2f}x | '
         f'{s["realised_over_theoretical"]:.2f} | {s["end_to_end_speedup"]:.2f}x | '
@@ -230,14 +263,17 @@ def evaluate_many(pastas: Mapping[str, Any], baseline, source, *,
 
 def comparison_table(summaries: Mapping[str, dict], settings: Mapping[str, str]) -> str:
   """One row per PASTA run (overall numbers): the ablation view."""
-  lines = ['| run | setting | quality: sequential | quality: PASTA | theoretical speedup '
+  judged = all('judge_win_rate' in summary['all'] for summary in summaries.values())
+  lines = ['| run | setting | quality: sequential | quality: PASTA | '
+           + ('judge: PASTA win rate | ' if judged else '') + 'theoretical speedup '
            '| wall-clock speedup | realised / theoretical | end-to-end speedup | parallelism |',
-           '|' + '---|' * 9]
+           '|' + '---|' * (9 + judged)]
   for name, summary in summaries.items():
     s = summary['all']
     lines.append(
         f'| {name} | {settings.get(name, "")} | {s["baseline_quality"]:.1f} | '
-        f'{s["pasta_quality"]:.1f} | {s["theoretical_speedup"]:.2f}x | '
+        f'{s["pasta_quality"]:.1f} | ' + (f'{_judge_cell(s)} | ' if judged else '') +
+        f'{s["theoretical_speedup"]:.2f}x | '
         f'{s["wallclock_speedup"]:.2f}x | {s["realised_over_theoretical"]:.2f} | '
         f'{s["end_to_end_speedup"]:.2f}x | {s["parallelism"]:.2f} |')
   return '\n'.join(lines)
@@ -284,6 +320,7 @@ def write_outputs(rows: Sequence[PromptResult], summary: dict, out_dir: str, *,
   with open(paths['results'], 'w', encoding='utf-8') as f:
     json.dump({'summary': summary,
                'prompts': [dict(dataclasses.asdict(r),
+                                judge=r.judge.to_json() if r.judge is not None else None,
                                 theoretical_speedup=r.theoretical_speedup,
                                 wallclock_speedup=r.wallclock_speedup,
                                 end_to_end_speedup=r.end_to_end_speedup,

@@ -50,6 +50,7 @@ ConfigDict = ml_collections.ConfigDict
 SCHEDULES = ('linear', 'cosine', 'constant')
 INIT_FORMATS = ('converted', 'orbax')
 NONFINITE_POLICIES = ('stop', 'skip')
+QUALITIES = ('exact', 'judge')  # po.quality
 # InterpreterConfig fields that the data section sets (data.mode,
 # data.position_strategy, data.fixed_reserve), absent from the interpreter section.
 _FROM_DATA = ('mode', 'position_strategy')
@@ -198,7 +199,31 @@ def po_fields() -> ConfigDict:
   po.end_lr_factor = 0.0
   po.log_every = 10
   po.checkpoint_every = 100    # checkpoints within a round (and one at its end)
+  po.quality = 'exact'         # 'exact': the synthetic checkers; 'judge': an LLM judge's
+                               # preference over the sequential model's answer (po.judge)
+  po.judge = judge_fields()
   return po
+
+
+def judge_fields() -> ConfigDict:
+  """The `po.judge` section: the LLM judge of stage 2 (`po.quality = 'judge'`,
+  docs/judge.md). The API key is read from the environment variable it names,
+  never stored in the config."""
+  judge = ConfigDict()
+  judge.model = ''             # the judge model (required with po.quality = 'judge')
+  judge.base_url = ''          # '' = $OPENAI_BASE_URL
+  judge.api_key_env = 'OPENAI_API_KEY'  # the variable that holds the key
+  judge.sequential_run = ''    # the sequential run whose answers are the baseline
+  judge.cache = ''             # '' = WORKDIR/judge_cache.jsonl
+  judge.concurrency = 8
+  judge.timeout = 120.0
+  judge.max_retries = 6
+  judge.initial_backoff = 1.0
+  judge.max_backoff = 60.0
+  judge.max_tokens = 16
+  judge.top_logprobs = 5       # 0: ask for no log-probabilities (verdicts count alone)
+  judge.fix_attempts = 1
+  return judge
 
 
 def _unknown(path: str, key: str, known) -> ConfigError:
@@ -366,8 +391,22 @@ def _check_po(c: ConfigDict, need) -> None:
   po = c.po
   need(bool(c.init.run), 'init.run', 'the stage-1 run directory stage 2 starts from '
        '(--config.init.run=workdir/synth_pasta)')
-  need(c.data.name == 'pasta_synth', 'data.name',
-       "'pasta_synth' in stage 2 (its exact checker scores the samples' quality)")
+  need(po.quality in QUALITIES, 'po.quality', f'one of {QUALITIES}')
+  need(c.data.name == 'pasta_synth' or po.quality == 'judge', 'data.name',
+       "'pasta_synth' in stage 2 with po.quality = 'exact' (its exact checker scores the "
+       "samples' quality); po.quality = 'judge' scores any data set")
+  if po.quality == 'judge':
+    judge = po.judge
+    need(bool(judge.model), 'po.judge.model', "the judge's model name with po.quality = 'judge'")
+    need(bool(judge.sequential_run), 'po.judge.sequential_run',
+         "the sequential run whose answers the judge compares with (po.quality = 'judge')")
+    need(judge.concurrency >= 1, 'po.judge.concurrency', 'an int >= 1')
+    need(judge.timeout > 0, 'po.judge.timeout', 'a number of seconds > 0')
+    for key in ('max_retries', 'top_logprobs', 'fix_attempts'):
+      need(judge[key] >= 0, f'po.judge.{key}', 'an int >= 0')
+    for key in ('initial_backoff', 'max_backoff'):
+      need(judge[key] >= 0, f'po.judge.{key}', 'a number >= 0')
+    need(judge.max_tokens >= 1, 'po.judge.max_tokens', 'an int >= 1')
   need(po.lam >= 0, 'po.lam', "a number >= 0 or 'inf'")  # NaN fails too
   need(po.rounds >= 1, 'po.rounds', 'an int >= 1')
   need(bool(po.split), 'po.split', "a split of the dataset (e.g. 'preference')")

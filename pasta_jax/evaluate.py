@@ -27,6 +27,19 @@ A prompt longer than a model takes (its largest prompt bucket, at most
 leaves it out of the means, and a warning on stderr says how many there were. If
 no prompt fits, nothing is written (exit status 3). Bad flags exit with status 2
 before anything is decoded (docs/training.md, "Bad input").
+
+With a judge model (any OpenAI-compatible chat-completions service; docs/judge.md),
+every PASTA answer is also compared with the sequential answer to its prompt, in
+both orders, and the tables and results.json give PASTA's win rate per family
+beside the exact checkers' quality:
+
+  python -m pasta_jax.evaluate --pasta workdir/synth_pasta \
+      --sequential workdir/synth_sequential --out workdir/eval \
+      --judge=MODEL --judge_base_url=http://localhost:8000/v1
+
+Its replies are cached in --judge_cache as they arrive; requests that fail after
+their retries end the run with exit status 7 once everything is written (run the
+same command again: only those are asked for).
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ from absl import flags
 
 from pasta_jax import cli
 from pasta_jax import errors
+from pasta_jax import judging
+from pasta_jax.chat import flags as chat_flags
 
 _PASTA = flags.DEFINE_list(
     'pasta', None, 'Workdir(s) of PASTA training runs: DIR or NAME=DIR, comma separated.')
@@ -55,6 +70,18 @@ _ROUND_WIDTHS = flags.DEFINE_list(
     'round_widths', None, 'Query widths PASTA rounds are compiled for, e.g. 1,2,4,8 '
     '(ending with the slot count) or 8 (every round runs all slots); default: the '
     "backend's (InterpreterConfig.round_widths).")
+
+_JUDGE = chat_flags.ServiceFlags(
+    'judge_', model_flag='judge', max_tokens=judging.DEFAULT_MAX_TOKENS,
+    model_help='Judge model: compare every PASTA answer with the sequential one (both '
+    'orders) through a chat-completions service and report the win rates (docs/judge.md).')
+_JUDGE_CACHE = flags.DEFINE_string('judge_cache', None, "The judge's reply cache (default: "
+                                   'OUT/judge_cache.jsonl).')
+_JUDGE_TOP_LOGPROBS = flags.DEFINE_integer(
+    'judge_top_logprobs', judging.DEFAULT_TOP_LOGPROBS, 'Alternatives per token whose '
+    'log-probabilities weigh a verdict; 0: ask for none.')
+_JUDGE_FIX_ATTEMPTS = flags.DEFINE_integer('judge_fix_attempts', 1, 'Requests for a verdict '
+                                           'again after a reply that is not one.')
 
 
 def parse_runs(values: Sequence[str]) -> dict[str, str]:
@@ -82,6 +109,7 @@ def main(argv: Sequence[str]) -> None:
   _DECODER.check()
   cli.check_flag(_OUT, not os.path.exists(_OUT.value) or os.path.isdir(_OUT.value),
                  'a directory (this is a file)')
+  judge = _judge_settings()
   from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
   from pasta_jax.data import sources as sources_lib  # pylint: disable=g-import-not-at-top
   overrides = _DECODER.overrides()
@@ -105,8 +133,9 @@ def main(argv: Sequence[str]) -> None:
   rows = comparison.evaluate_many(dict(zip(runs, pastas)), baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,
                                   progress=True)
-  summaries = {name: comparison.summarize(rows[name]) for name in runs}
   _check_decoded(rows)
+  judgements = _judge(judge, rows) if judge is not None else []
+  summaries = {name: comparison.summarize(rows[name]) for name in runs}
   if len(runs) == 1:
     summary = summaries[next(iter(runs))]
     paths = comparison.write_outputs(rows[next(iter(runs))], summary, _OUT.value)
@@ -127,6 +156,33 @@ def main(argv: Sequence[str]) -> None:
     paths['pareto'] = comparison.pareto_plot(summaries, os.path.join(_OUT.value, 'pareto.png'))
     print('\n' + table)
   print('\n' + '\n'.join(f'{name}: {path}' for name, path in paths.items()))
+  judging.check_failed(judgements, 'their rows have judge.outcome "failed" in results.json')
+
+
+def _judge_settings() -> chat_flags.Settings | None:
+  """The judge's service settings (None without --judge); UsageErrors before decoding."""
+  if not _JUDGE.model.value:
+    return None
+  for flag in (_JUDGE_TOP_LOGPROBS, _JUDGE_FIX_ATTEMPTS):
+    cli.check_flag(flag, flag.value >= 0, 'an int >= 0')
+  settings = _JUDGE.settings()
+  settings.check('--judge')
+  return settings
+
+
+def _judge(settings: chat_flags.Settings, rows: dict) -> list[judging.Judgement]:
+  """Judges every run's decoded answers (`comparison.judge_rows`)."""
+  from pasta_jax import comparison  # pylint: disable=g-import-not-at-top
+  from pasta_jax.chat import service as service_lib  # pylint: disable=g-import-not-at-top
+  service_lib.quiet_client_logs()
+  cache = _JUDGE_CACHE.value or os.path.join(_OUT.value, 'judge_cache.jsonl')
+  os.makedirs(_OUT.value, exist_ok=True)
+  with judging.opened(settings, cache, top_logprobs=_JUDGE_TOP_LOGPROBS.value,
+                      fix_attempts=_JUDGE_FIX_ATTEMPTS.value) as judge:
+    judgements = comparison.judge_rows(judge, rows, concurrency=settings.concurrency,
+                                       progress=True)
+    print(f'judge {settings.model}: {judge.service.counters.summary()}')
+  return judgements
 
 
 def _check_decoded(rows: dict) -> None:

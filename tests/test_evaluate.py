@@ -149,6 +149,45 @@ def test_end_to_end_short(runs, tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
+def test_end_to_end_with_a_judge(runs, tmp_path):
+  """--judge: every PASTA answer against the sequential one, through the real client
+  and a scripted local chat-completions server; win rates per family in the table and
+  results.json, a malformed verdict counted invalid."""
+  from tests.annotation import chat_server  # pylint: disable=g-import-not-at-top
+  from tests.test_judge import shown, verdict  # pylint: disable=g-import-not-at-top
+  pasta_dir, seq_dir, _ = runs
+
+  def script(request):  # the longer answer is better; request 2 and its fix are not verdicts
+    if request.number == 2 or len(request.messages) > 2:
+      return chat_server.Answer('Neither.')
+    a, b = shown(request)
+    letter = 'A' if len(a) > len(b) else 'B' if len(a) < len(b) else 'T'
+    return verdict(letter, {letter: 0.7, **{v: 0.15 for v in 'ABT' if v != letter}})
+
+  out = tmp_path / 'eval'
+  with chat_server.ChatServer(script) as server:
+    result = _evaluate_cli(f'--pasta={pasta_dir}', f'--sequential={seq_dir}', f'--out={out}',
+                           '--num_prompts=3', '--max_steps=32', '--cache_size=256',
+                           f'--judge_base_url={server.url}', '--judge_api_key=k',
+                           '--judge=judge-model', '--judge_concurrency=1')
+    assert server.received[0].body['model'] == 'judge-model'
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '| quality: PASTA | judge: PASTA win rate |' in result.stdout
+  with open(out / 'results.json') as f:
+    saved = json.load(f)
+  judged = [p for p in saved['prompts'] if p['judge']['outcome'] == 'judged']
+  assert len(judged) == 2 and len(saved['prompts']) == 3
+  for p in judged:
+    a, b = len(p['pasta_text']), len(p['baseline_text'])
+    assert p['judge']['win'] == pytest.approx(0.775 if a > b else 0.225 if a < b else 0.5)
+  overall = saved['summary']['all']
+  assert (overall['judge_judged'], overall['judge_invalid']) == (2, 1)
+  assert overall['judge_win_rate'] == pytest.approx(50 * sum(p['judge']['win'] for p in judged))
+  assert '(1 invalid)' in (out / 'table.md').read_text()
+  assert (out / 'judge_cache.jsonl').exists() and 'requests: ' in result.stdout
+
+
 def test_run_names():
   from pasta_jax import evaluate as cli
   assert cli.parse_runs(['a=/x/y', '/p/q/']) == {'a': '/x/y', 'q': '/p/q/'}

@@ -16,12 +16,13 @@ from typing import Callable, TextIO
 from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax import tokenizer as tokenizer_lib
-from pasta_jax.annotation import cache as cache_lib
 from pasta_jax.annotation import formats
 from pasta_jax.annotation import prompt as prompt_lib
 from pasta_jax.annotation import runner
-from pasta_jax.annotation import service as service_lib
 from pasta_jax.annotation import validation
+from pasta_jax.chat import cache as cache_lib
+from pasta_jax.chat import flags as chat_flags
+from pasta_jax.chat import service as service_lib
 
 ANNOTATORS = ('llm', 'rules')
 DEFAULT_MAX_PROMISE_TOKENS = 100  # the pasta_jsonl builder's and the training config's
@@ -130,14 +131,6 @@ def _check_paths(job: Job) -> None:
         raise errors.UsageError(f'{name} and {other} are the same file {paths[name]}')
 
 
-def _check_service(job: Job) -> None:
-  missing = [name for name, value in (('--model', job.model), ('--api_key or OPENAI_API_KEY '
-                                      '(any value for a service without keys)', job.api_key))
-             if not value]
-  if missing:
-    raise errors.UsageError(f'--annotator=llm needs {" and ".join(missing)}')
-
-
 def _service(job: Job, counters: service_lib.Counters,
              cache: cache_lib.Cache) -> service_lib.Service:
   return service_lib.Service(base_url=job.base_url, api_key=job.api_key, model=job.model,
@@ -165,7 +158,7 @@ def run_job(job: Job, out: TextIO | None = None) -> tuple[runner.Summary,
     raise errors.UsageError(f'--annotator={job.annotator}: expected one of {ANNOTATORS}')
   _check_paths(job)
   if job.annotator == 'llm':
-    _check_service(job)
+    chat_flags.check_service(job.model, job.api_key, '--annotator=llm')
   lengths, note = lengths_for(job)
   fields = job.fields or ('prompt', 'response')
   fmt = 'fields' if job.fields else job.format

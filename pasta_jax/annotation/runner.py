@@ -22,8 +22,8 @@ from pasta_jax import lang
 from pasta_jax.annotation import formats
 from pasta_jax.annotation import prompt as prompt_lib
 from pasta_jax.annotation import rules
-from pasta_jax.annotation import service as service_lib
 from pasta_jax.annotation import validation
+from pasta_jax.chat import service as service_lib
 
 ANNOTATED = 'annotated'
 UNCHANGED = 'unchanged-no-tags'

@@ -18,6 +18,7 @@ from pasta_jax import lang
 from pasta_jax.config import ConfigError
 from pasta_jax.interpreter import Interpreter
 from pasta_jax.preference import common
+from pasta_jax.preference import judged
 from pasta_jax.preference import logprobs
 from pasta_jax.preference import sampling
 from pasta_jax.preference import scoring
@@ -92,7 +93,7 @@ def _pair_json(pair: scoring.Pair) -> dict[str, Any]:
 def score(ctx: common.Context, r: int, directory: str,
           writer: metrics_lib.MetricWriter) -> None:
   lam = float(ctx.config.po.lam)
-  settings = dict(sample_settings(ctx, r), lam=lam)
+  settings = dict(sample_settings(ctx, r), lam=lam, **judged.settings(ctx))
   marker = common.read_marker(directory, 'scored')
   if marker is not None:
     common.check_settings(directory, 'scored', marker, settings)
@@ -100,7 +101,15 @@ def score(ctx: common.Context, r: int, directory: str,
   store = sampling.SampleStore(os.path.join(directory, common.SAMPLES_FILE))
   by_prompt = store.samples()
   ordered = {i: by_prompt[i] for i in range(len(ctx.prompts)) if i in by_prompt}
-  scored = scoring.rate(ordered, ctx.records, scoring.synthetic_quality)
+  quality_fn, info = scoring.synthetic_quality, {}
+  if ctx.config.po.quality == 'judge':
+    answers = judged.sequential_answers(ctx)  # every process decodes them
+    if not ctx.primary:  # process 0 alone asks the judge and writes the round's files
+      common.mark(directory, 'scored', settings)
+      return
+    qualities, info['judge'] = judged.judge_samples(ctx, r, directory, ordered, answers)
+    quality_fn = lambda record, s: qualities[s.prompt_id, s.index]  # noqa: E731
+  scored = scoring.rate(ordered, ctx.records, quality_fn)
   pairs = scoring.make_pairs(scored, lam)
   summary = scoring.summarize(scored, lam)
   lines = ''.join(json.dumps(_pair_json(p)) + '\n' for p in pairs)
@@ -114,8 +123,10 @@ def score(ctx: common.Context, r: int, directory: str,
   ctx.message(f'round {r}: {summary.samples} samples of {summary.prompts} prompts: mean '
               f'score {summary.mean_score:.3f}, speedup {summary.mean_speedup:.3f}, quality '
               f'{summary.mean_quality:.3f}; {summary.pairs} pairs (mean margin '
-              f'{summary.mean_margin:.3f})')
-  common.mark(directory, 'scored', settings, pairs=len(pairs))
+              f'{summary.mean_margin:.3f})'
+              + (f'; {summary.unrated} samples without a quality ({info["judge"]})'
+                 if summary.unrated else ''))
+  common.mark(directory, 'scored', settings, pairs=len(pairs), **info)
 
 
 def packed_pairs(ctx: common.Context, directory: str

@@ -11,7 +11,9 @@ in `workdir/round_<r>/`, and each of its phases ends with a marker file
              from M at `po.temperature` (`sampling.SampleStore`: a killed run
              resumes at the next unfinished chunk, with the same seeds).
   scored     pairs.jsonl (one pair per line: prompt id, sample indices, scores,
-             documents) and summary.json (`scoring.RoundSummary` at `po.lam`).
+             documents) and summary.json (`scoring.RoundSummary` at `po.lam`);
+             with `po.quality = 'judge'` also judgements.jsonl (each sample
+             against the sequential answer, `preference.judged`).
   reference  reference.npz: logp of each pair's y+ and y- (and their target
              counts) under M, by line of pairs.jsonl; NaN for a pair left out
              (malformed, or longer than a row of `po.seq_len`).
@@ -51,6 +53,7 @@ from pasta_jax.config import ConfigError
 from pasta_jax.data import records as records_lib
 from pasta_jax.models import sharding as model_sharding
 from pasta_jax.preference import common
+from pasta_jax.preference import judged
 from pasta_jax.preference import phases
 from pasta_jax.preference import training
 # What callers read a round's directory with.
@@ -141,6 +144,8 @@ def run_rounds(config: ml_collections.ConfigDict, workdir: str, *,
   config = config_lib.resolve(config)
   if 'po' not in config:
     raise ConfigError('stage 2 needs a po section (configs/synth_po.py)')
+  if config.po.quality == 'judge':
+    judged.service_settings(config)  # a missing API key, before hours of sampling
   workdir = os.path.abspath(os.path.expanduser(workdir))
   primary = jax.process_index() == 0
   init_run = runs.load_run(os.path.expanduser(config.init.run))

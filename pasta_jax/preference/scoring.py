@@ -11,7 +11,10 @@ Definitions (docs/design.md sections 6 and 7):
   baseline is the sequential model's answer to the prompt (its tokens, EOS
   included) when known, else the sample's own stripped answer plus EOS
   (`Sample.stripped_tokens`).
-- quality: a `QualityFn`, (prompt record, sample) -> [0, 1].
+- quality: a `QualityFn`, (prompt record, sample) -> [0, 1], or NaN for a sample
+  that has none (the judge's verdict was malformed, or the sequential model had no
+  answer: `preference.judged`). Such a sample is counted as unrated, left out of the
+  score and quality means, and never paired.
 - score: `Score(value, tiebreak)`, compared as a tuple. With a finite lambda,
   value = speedup + lambda * quality and tiebreak = 0 (equal values are a tie).
   With lambda = inf, value = quality and tiebreak = speedup: quality alone
@@ -80,8 +83,12 @@ class Scored:
   """A sample with its quality and theoretical speedup (lambda-free)."""
 
   sample: Sample
-  quality: float
+  quality: float  # NaN: none (not rated)
   speedup: float
+
+  @property
+  def rated(self) -> bool:
+    return not math.isnan(self.quality)
 
   def score(self, lam: float) -> Score:
     return score(self.speedup, self.quality, lam)
@@ -106,9 +113,9 @@ def rate(samples_by_prompt: Mapping[PromptId, Sequence[Sample]],
     out[pid] = []
     for s in samples:
       quality = float(quality_fn(prompt_records[pid], s))
-      if not 0.0 <= quality <= 1.0:
+      if not (0.0 <= quality <= 1.0 or math.isnan(quality)):
         raise ValueError(f'prompt {pid!r} sample {s.index}: quality {quality!r} is not '
-                         'in [0, 1]')
+                         'in [0, 1] (or NaN: none)')
       out[pid].append(Scored(s, quality, theoretical_speedup(s, baseline)))
   return out
 
@@ -133,7 +140,8 @@ class Pair:
 def make_pair(prompt_id: PromptId, scored: Sequence[Scored], lam: float, *,
               eligible: Callable[[Sample], bool] = has_document) -> Pair | None:
   """The pair of one prompt's samples, or None (see the module docstring)."""
-  pool = sorted((s for s in scored if eligible(s.sample)), key=lambda s: s.sample.index)
+  pool = sorted((s for s in scored if s.rated and eligible(s.sample)),
+                key=lambda s: s.sample.index)
   if len(pool) < 2:
     return None
   keys = [s.score(lam) for s in pool]
@@ -150,7 +158,8 @@ def make_pairs(scored_by_prompt: Mapping[PromptId, Sequence[Scored]], lam: float
   """One pair per prompt that has one, in the mapping's order.
 
   `eligible` picks the samples that may be paired (default: whole documents,
-  `has_document`); `rate`'s output is the usual input.
+  `has_document`; a sample without a quality never is); `rate`'s output is the
+  usual input.
   """
   pairs = []
   for pid, scored in scored_by_prompt.items():
@@ -175,6 +184,8 @@ class RoundSummary:
       two eligible samples).
     mean_margin: mean pair margin in `Score.value` (NaN without pairs).
     mean_speedup_margin: mean chosen minus rejected speedup of the pairs.
+    unrated: samples without a quality (NaN), left out of mean_score and
+      mean_quality.
   """
 
   lam: float
@@ -188,6 +199,7 @@ class RoundSummary:
   prompts_without_pair: int
   mean_margin: float
   mean_speedup_margin: float
+  unrated: int = 0
 
   def to_json(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -201,13 +213,15 @@ def summarize(scored_by_prompt: Mapping[PromptId, Sequence[Scored]], lam: float,
               eligible: Callable[[Sample], bool] = has_document) -> RoundSummary:
   """Per-round statistics at `lam` (the pairs as `make_pairs` makes them)."""
   flat = [s for scored in scored_by_prompt.values() for s in scored]
+  rated = [s for s in flat if s.rated]
   pairs = make_pairs(scored_by_prompt, lam, eligible=eligible)
   return RoundSummary(
       lam=lam, prompts=len(scored_by_prompt), samples=len(flat),
-      mean_score=_mean([s.score(lam).value for s in flat]),
+      mean_score=_mean([s.score(lam).value for s in rated]),
       mean_speedup=_mean([s.speedup for s in flat]),
       geomean_speedup=comparison.geomean([s.speedup for s in flat]),
-      mean_quality=_mean([s.quality for s in flat]), pairs=len(pairs),
+      mean_quality=_mean([s.quality for s in rated]), pairs=len(pairs),
       prompts_without_pair=len(scored_by_prompt) - len(pairs),
       mean_margin=_mean([p.margin for p in pairs]),
-      mean_speedup_margin=_mean([p.chosen.speedup - p.rejected.speedup for p in pairs]))
+      mean_speedup_margin=_mean([p.chosen.speedup - p.rejected.speedup for p in pairs]),
+      unrated=len(flat) - len(rated))

@@ -1,6 +1,8 @@
 """A real HTTP server on 127.0.0.1 that speaks the chat-completions protocol, scripted
 per test: `ChatServer(script)` answers each `POST /v1/chat/completions` with what
-`script(request)` returns (an `Answer`, an `Error`, a `Slow` answer, a `Raw` payload or `DROP`).
+`script(request)` returns (an `Answer`, with log-probabilities or without, an `Error`,
+a `Slow` answer, a `Raw` payload or `DROP`). The annotator's and the judge's tests
+(tests/test_judge.py) share it.
 
 `Request` gives a script what it needs: the response being annotated, whether the
 request asks for a fix (and the error shown), the model; `rules_answer` is a correct
@@ -14,6 +16,8 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import os
+import signal
 import threading
 import time
 from typing import Any, Callable
@@ -56,10 +60,22 @@ class Request:
 
 @dataclasses.dataclass(frozen=True)
 class Answer:
+  """A 200 reply; `logprobs`: per reply token (token, logprob, [(alternative,
+  logprob), ...]), sent as `choices[0].logprobs.content` (None: no logprobs)."""
+
   content: str | None
   finish_reason: str = 'stop'
   prompt_tokens: int = 100
   completion_tokens: int = 20
+  logprobs: tuple[tuple[str, float, tuple[tuple[str, float], ...]], ...] | None = None
+
+  def choice_logprobs(self) -> dict[str, Any] | None:
+    if self.logprobs is None:
+      return None
+    entry = lambda token, logprob: {'token': token, 'logprob': logprob,  # noqa: E731
+                                    'bytes': list(token.encode())}
+    return {'content': [dict(entry(token, logprob), top_logprobs=[entry(*t) for t in top])
+                        for token, logprob, top in self.logprobs], 'refusal': None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +99,18 @@ class Raw:
 
 
 DROP = 'drop'  # close the connection without a response
+
+
+def killing(number: int, run: dict[str, Any], script: Callable[[Request], Any]
+            ) -> Callable[[Request], Any]:
+  """`script`, except that request `number`, while `run['process']` is set, kills that
+  process (SIGKILL) and is dropped: a run killed while it waits for a reply."""
+  def kill_or_answer(request: Request) -> Any:
+    if request.number == number and 'process' in run:
+      os.kill(run['process'].pid, signal.SIGKILL)
+      return DROP
+    return script(request)
+  return kill_or_answer
 
 
 def rules_answer(request: Request) -> Answer:
@@ -132,7 +160,8 @@ class ChatServer:
             'id': f'chatcmpl-{request.number}', 'object': 'chat.completion', 'created': 0,
             'model': body.get('model'),
             'choices': [{'index': 0, 'finish_reason': action.finish_reason,
-                         'message': {'role': 'assistant', 'content': action.content}}],
+                         'message': {'role': 'assistant', 'content': action.content},
+                         'logprobs': action.choice_logprobs()}],
             'usage': {'prompt_tokens': action.prompt_tokens,
                       'completion_tokens': action.completion_tokens,
                       'total_tokens': action.prompt_tokens + action.completion_tokens}}

@@ -18,7 +18,7 @@ from pasta_jax import errors
 from pasta_jax import lang
 from pasta_jax.annotation import job as job_lib
 from pasta_jax.annotation import runner
-from pasta_jax.annotation import service as service_lib
+from pasta_jax.chat import service as service_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
@@ -204,13 +204,7 @@ def test_killed_run_resumes_without_asking_twice(tmp_path):
   data = write_jsonl(tmp_path / 'in.jsonl', prompt_rows(responses))
   out = tmp_path / 'out.jsonl'
   run = {}
-
-  def script(request):
-    if request.number == 4 and 'process' in run:
-      os.kill(run['process'].pid, signal.SIGKILL)  # killed while it waits for this reply
-      return chat_server.DROP
-    return chat_server.rules_answer(request)
-
+  script = chat_server.killing(4, run, chat_server.rules_answer)
   with chat_server.ChatServer(script) as server:
     args = ['--input', data, '--output', out, '--annotator=llm', '--model=fake',
             '--base_url', server.url, '--concurrency=1']

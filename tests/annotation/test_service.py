@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from pasta_jax import errors
-from pasta_jax.annotation import cache as cache_lib
-from pasta_jax.annotation import service as service_lib
+from pasta_jax.chat import cache as cache_lib
+from pasta_jax.chat import service as service_lib
 from tests.annotation import chat_server
 
 CHAT = [{'role': 'user', 'content': 'Answer to annotate (copy it exactly, adding only '

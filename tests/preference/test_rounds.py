@@ -64,18 +64,22 @@ def tfds_dir(tmp_path_factory):
   return data_dir
 
 
+def train_tiny(tfds_dir, workdir, preset, steps):  # pylint: disable=redefined-outer-name
+  """A stage-1 run of configs/synth.py:PRESET trained `steps` steps in `workdir`."""
+  config = synth.get_config(preset)
+  config.data.data_dir = tfds_dir
+  config.data.prefetch = 0
+  config.train.num_steps = steps
+  config.eval.every_steps = 0
+  config.checkpoint.every_steps = steps
+  loop.train_and_evaluate(config, workdir)
+  return workdir
+
+
 @pytest.fixture(scope='module')
 def init_run(tfds_dir, tmp_path_factory):  # pylint: disable=redefined-outer-name
   """A stage-1 tiny run trained 4 steps."""
-  workdir = str(tmp_path_factory.mktemp('stage1') / 'run')
-  config = synth.get_config('tiny')
-  config.data.data_dir = tfds_dir
-  config.data.prefetch = 0
-  config.train.num_steps = 4
-  config.eval.every_steps = 0
-  config.checkpoint.every_steps = 4
-  loop.train_and_evaluate(config, workdir)
-  return workdir
+  return train_tiny(tfds_dir, str(tmp_path_factory.mktemp('stage1') / 'run'), 'tiny', 4)
 
 
 def po_config(tfds_dir, init_run, **po):  # pylint: disable=redefined-outer-name
@@ -280,3 +284,75 @@ def test_train_command_runs_stage_two_for_a_po_config(tmp_path):
       cwd=root, check=False)
   assert result.returncode == errors.CheckpointError.exit_status, result.stderr
   assert f'error: {tmp_path}/no_such_run does not exist' in result.stderr
+
+
+@pytest.fixture(scope='module')
+def sequential_run(tfds_dir, tmp_path_factory):  # pylint: disable=redefined-outer-name
+  """A tiny sequential run trained 2 steps: the judge's baseline."""
+  return train_tiny(tfds_dir, str(tmp_path_factory.mktemp('sequential') / 'run'),
+                    'tiny_sequential', 2)
+
+
+def test_judge_quality_against_the_sequential_answers(tfds_dir, init_run, sequential_run,
+                                                      tmp_path, monkeypatch):
+  """po.quality = 'judge': each sample's quality is the judge's win over the sequential
+  model's answer (decoded once per run); a malformed verdict leaves a sample unrated;
+  a run stopped while judging resumes without asking the judge twice."""
+  from pasta_jax.preference import judged  # pylint: disable=g-import-not-at-top
+  from tests.annotation import chat_server  # pylint: disable=g-import-not-at-top
+  from tests.test_judge import shown, verdict  # pylint: disable=g-import-not-at-top
+  state = {'refuse_from': 5}
+
+  def script(request):  # the shorter answer is better; 'Neither.' for request 3 and its fix
+    if request.number >= state['refuse_from']:
+      return chat_server.Error(401, 'stopped here')
+    if request.number == 3 or len(request.messages) > 2:
+      return chat_server.Answer('Neither.')
+    a, b = shown(request)
+    letter = 'A' if len(a) < len(b) else 'B' if len(a) > len(b) else 'T'
+    return verdict(letter, {letter: 0.6, **{v: 0.2 for v in 'ABT' if v != letter}})
+
+  monkeypatch.setenv('JUDGE_KEY', 'k')
+  workdir = str(tmp_path / 'po')
+  with chat_server.ChatServer(script) as server:
+    config = po_config(tfds_dir, init_run, num_prompts=2, num_samples=3, train_steps=1,
+                       quality='judge')
+    config.po.judge.update({'model': 'judge-model', 'base_url': server.url,
+                            'api_key_env': 'JUDGE_KEY', 'sequential_run': sequential_run,
+                            'concurrency': 1, 'max_retries': 0})
+    with pytest.raises(errors.ServiceError, match='status 401: stopped here'):
+      rounds.run_rounds(config, workdir)
+    directory = rounds.round_dir(workdir, 1)
+    assert rounds.read_marker(directory, 'scored') is None
+    answers_path = os.path.join(workdir, judged.ANSWERS_FILE)
+    decoded = os.stat(answers_path).st_mtime_ns
+    state['refuse_from'] = 10 ** 6
+    result = rounds.run_rounds(config, workdir)
+    answered = list(server.answered)
+  assert len(answered) == len(set(answered))  # no verdict was asked for twice
+  assert os.stat(answers_path).st_mtime_ns == decoded  # decoded once
+  with open(answers_path) as f:
+    answers = json.load(f)
+  assert answers['settings']['sequential_run'] == sequential_run
+  assert len(answers['answers']) == 2
+  with open(os.path.join(directory, judged.JUDGEMENTS_FILE)) as f:
+    lines = [json.loads(line) for line in f]
+  assert len(lines) == 6 and sum(l['outcome'] == 'invalid' for l in lines) == 1
+  store = sampling.SampleStore(os.path.join(directory, rounds.SAMPLES_FILE))
+  samples = {(s.prompt_id, s.index): s for ss in store.samples().values() for s in ss}
+  wins = {}
+  for line in lines:
+    if line['outcome'] == 'judged':
+      text, base = samples[line['prompt_id'], line['index']].text, answers['answers'][
+          line['prompt_id']]['text']
+      want = 0.7 if len(text) < len(base) else 0.3 if len(text) > len(base) else 0.5
+      assert line['win'] == pytest.approx(want)
+      wins[line['prompt_id'], line['index']] = line['win']
+  summary = result.rounds[0].summary
+  assert summary['unrated'] == 1 and summary['samples'] == 6
+  assert summary['mean_quality'] == pytest.approx(np.mean(list(wins.values())))
+  for pair in rounds.read_pairs(directory):
+    assert pair['chosen_quality'] == pytest.approx(wins[pair['prompt_id'], pair['chosen_index']])
+  marker = rounds.read_marker(directory, 'scored')
+  assert marker['settings']['quality'] == 'judge'
+  assert marker['judge'] == {'judged': 5, 'invalid': 1, 'no_sequential_answer': 0}

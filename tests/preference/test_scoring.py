@@ -1,5 +1,6 @@
 """Stage 2 scoring: speedups, scores, lambda = inf, pairs and their ties, summaries."""
 
+import dataclasses
 import math
 
 import pytest
@@ -126,3 +127,24 @@ def test_rate_pairs_and_summary_by_hand():
   assert (inf.mean_score, inf.pairs, inf.mean_margin) == (0.75, 1, 1.0)
   with pytest.raises(ValueError, match='not in'):
     scoring.rate(samples, records, lambda record, sample: 2.0)
+
+
+def test_samples_without_a_quality_are_counted_and_never_paired():
+  # The judge left samples 1 and 3 without a quality (NaN); lam = 1 by hand over the
+  # others: 0 -> 2.0, 2 -> 3.0, 4 -> 0.5 + 2.0 = 2.5.
+  samples = [make_sample(i) for i in range(5)]
+  qualities = {0: 1.0, 1: math.nan, 2: 0.0, 3: math.nan, 4: 0.5}
+  speedups = {0: 1.0, 1: 9.0, 2: 3.0, 3: 0.1, 4: 2.0}
+  rated = scoring.rate({'p': samples}, {'p': {}}, lambda r, s: qualities[s.index])
+  assert [s.rated for s in rated['p']] == [True, False, True, False, True]
+  rated = {'p': [dataclasses.replace(s, speedup=speedups[s.sample.index]) for s in rated['p']]}
+  pair = scoring.make_pair('p', rated['p'], 1.0)
+  assert (pair.chosen.sample.index, pair.rejected.sample.index) == (2, 0)
+  summary = scoring.summarize(rated, 1.0)
+  assert summary.unrated == 2 and summary.samples == 5
+  assert summary.mean_quality == pytest.approx(0.5)
+  assert summary.mean_score == pytest.approx(2.5)
+  assert summary.mean_speedup == pytest.approx(sum(speedups.values()) / 5)
+  with pytest.raises(ValueError, match='not in \\[0, 1\\] \\(or NaN: none\\)'):
+    scoring.rate({'p': samples}, {'p': {}}, lambda r, s: 1.5)
+  assert scoring.make_pair('p', [rated['p'][1], rated['p'][3]], 1.0) is None

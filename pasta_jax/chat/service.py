@@ -8,6 +8,10 @@ that is not a string), up to `Retry.max_retries` times, waiting
 `Retry.delay` (exponential backoff with jitter, or the service's Retry-After).
 401, 403 and 404 stop the whole run (a key, a permission, a base URL or a model
 that is wrong for every request); other statuses fail that request only.
+
+With `top_logprobs=k > 0` the requests ask for the log-probabilities of each
+reply token and its k likeliest alternatives (`logprobs=True`), and a reply that
+carries them keeps them under 'logprobs' (the judge's confidence, docs/judge.md).
 """
 
 from __future__ import annotations
@@ -16,18 +20,33 @@ import collections
 import dataclasses
 import email.utils
 import json
+import logging
 import random
 import threading
 import time
 from typing import Any, Callable
 
-from pasta_jax.annotation import cache as cache_lib
+from pasta_jax.chat import cache as cache_lib
 
 # Statuses that stop the run: every other request would get the same answer.
-FATAL_STATUSES = {401: 'check the API key (--api_key or OPENAI_API_KEY)',
-                  403: 'the key may not use this model or endpoint',
-                  404: 'check --base_url (it ends in /v1 for most services) and --model'}
+FATAL_STATUSES = (401, 403, 404)
 RETRY_STATUSES = (408, 409, 429)
+
+
+
+
+def fatal_hints(*, base_url: str = '--base_url', api_key: str = '--api_key',
+                model: str = '--model') -> dict[int, str]:
+  """What to check after a fatal status, naming the flags that set the service."""
+  return {401: f'check the API key ({api_key} or OPENAI_API_KEY)',
+          403: 'the key may not use this model or endpoint',
+          404: f'check {base_url} (it ends in /v1 for most services) and {model}'}
+
+
+def quiet_client_logs() -> None:
+  """Keeps the client's libraries from logging a line per request."""
+  for name in ('openai', 'httpx', 'httpx2', 'httpcore', 'httpcore2'):
+    logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class RequestFailed(Exception):
@@ -124,7 +143,7 @@ def retry_after_seconds(headers: Any) -> float | None:
   return max(0.0, when.timestamp() - time.time())
 
 
-def _failure(error: Exception) -> RequestFailed:
+def _failure(error: Exception, hints: dict[int, str]) -> RequestFailed:
   """The `RequestFailed` of an exception the client raised."""
   import openai  # pylint: disable=g-import-not-at-top
   if isinstance(error, openai.APITimeoutError):
@@ -138,7 +157,7 @@ def _failure(error: Exception) -> RequestFailed:
     text = str(body['message'] if isinstance(body, dict) and body.get('message')
                else body if isinstance(body, str) and body else error.message)[:300]
     if status in FATAL_STATUSES:
-      return RequestFailed(str(status), f'{text} ({FATAL_STATUSES[status]})', fatal=True)
+      return RequestFailed(str(status), f'{text} ({hints[status]})', fatal=True)
     return RequestFailed(str(status), text,
                          retryable=status in RETRY_STATUSES or status >= 500,
                          retry_after=retry_after_seconds(error.response.headers))
@@ -152,14 +171,18 @@ class Service:
 
   Attributes:
     model: the model name sent with every request.
-    settings: the other request fields (temperature, max_tokens when set).
+    settings: the other request fields (temperature; max_tokens when set;
+      logprobs and top_logprobs when `top_logprobs` > 0).
+    hints: what a fatal status's message tells the user to check (`fatal_hints`).
   """
 
   def __init__(self, *, base_url: str, api_key: str, model: str, timeout: float,
                retry: Retry = Retry(), temperature: float = 0.0,
-               max_tokens: int | None = None, cache: cache_lib.Cache | None = None,
+               max_tokens: int | None = None, top_logprobs: int = 0,
+               cache: cache_lib.Cache | None = None,
                counters: Counters | None = None, prompt_version: int = 0,
-               sleep: Callable[[float], None] | None = None, seed: int | None = None):
+               sleep: Callable[[float], None] | None = None, seed: int | None = None,
+               hints: dict[int, str] | None = None):
     import openai  # pylint: disable=g-import-not-at-top
     self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout,
                                  max_retries=0)
@@ -167,6 +190,9 @@ class Service:
     self.settings: dict[str, Any] = {'temperature': temperature}
     if max_tokens is not None:
       self.settings['max_tokens'] = max_tokens
+    if top_logprobs:
+      self.settings.update(logprobs=True, top_logprobs=top_logprobs)
+    self.hints = hints or fatal_hints()
     self.retry = retry
     self.cache = cache
     self.counters = counters or Counters()
@@ -184,8 +210,9 @@ class Service:
                                   'messages': messages})
 
   def complete(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-    """The reply to a chat: {'content', 'finish_reason', 'usage'}, from the cache when
-    it has it; raises `RequestFailed` once the retries are spent."""
+    """The reply to a chat: {'content', 'finish_reason', 'usage'} and, when the
+    service sent them, 'logprobs' (`token_logprobs`); from the cache when it has it.
+    Raises `RequestFailed` once the retries are spent."""
     if self.cache is None:
       return self._request(messages)
     reply, cached = self.cache.get_or_compute(self.key(messages),
@@ -238,7 +265,7 @@ class Service:
       completion = self._client.chat.completions.create(
           model=self.model, messages=messages, **self.settings)
     except openai.OpenAIError as e:
-      raise _failure(e) from e
+      raise _failure(e, self.hints) from e
     except json.JSONDecodeError as e:  # a body that says it is JSON but is not
       raise RequestFailed('bad-response', f'the reply is not JSON: {e}', retryable=True) from e
     choices = getattr(completion, 'choices', None)
@@ -253,5 +280,27 @@ class Service:
     tokens = {'prompt_tokens': getattr(usage, 'prompt_tokens', 0) or 0,
               'completion_tokens': getattr(usage, 'completion_tokens', 0) or 0}
     self.counters.add(answered=1, **tokens)
-    return {'content': content,
-            'finish_reason': choices[0].finish_reason, 'usage': tokens}
+    reply = {'content': content, 'finish_reason': choices[0].finish_reason, 'usage': tokens}
+    logprobs = token_logprobs(getattr(choices[0], 'logprobs', None))
+    if logprobs is not None:
+      reply['logprobs'] = logprobs
+    return reply
+
+
+def token_logprobs(choice_logprobs: Any) -> list[dict[str, Any]] | None:
+  """A choice's `logprobs.content` as plain JSON (what the cache stores): per reply
+  token `{'token', 'logprob', 'top': [[token, logprob], ...]}`; None when the
+  service sent none (it ignored the request, or was not asked)."""
+  content = getattr(choice_logprobs, 'content', None)
+  if not content:
+    return None
+  out = []
+  for item in content:
+    top = [[t.token, float(t.logprob)] for t in (getattr(item, 'top_logprobs', None) or ())
+           if isinstance(getattr(t, 'token', None), str)
+           and isinstance(getattr(t, 'logprob', None), (int, float))]
+    if not (isinstance(getattr(item, 'token', None), str)
+            and isinstance(getattr(item, 'logprob', None), (int, float))):
+      return None  # not the protocol's shape: treated as absent
+    out.append({'token': item.token, 'logprob': float(item.logprob), 'top': top})
+  return out
