@@ -17,7 +17,7 @@ A killed run resumes where it stopped when started again with the same command.
 The model, tokenizer and the data keys that define decoding come from
 `init.run`; `--config.po.lam=inf` scores by quality first, speed breaking ties.
 Quality is the exact checker's; `--config.po.quality=judge` with
-`--config.po.judge.model=MODEL --config.po.judge.sequential_run=workdir/synth_sequential`
+`--config.po.judge.model=MODEL --config.po.sequential_run=workdir/synth_sequential`
 makes it an LLM judge's preference over the sequential model's answer (docs/judge.md).
 
 Presets (`configs/synth_po.py:NAME`):

@@ -201,6 +201,8 @@ def po_fields() -> ConfigDict:
   po.checkpoint_every = 100    # checkpoints within a round (and one at its end)
   po.quality = 'exact'         # 'exact': the synthetic checkers; 'judge': an LLM judge's
                                # preference over the sequential model's answer (po.judge)
+  po.sequential_run = ''       # a sequential run: its greedy answers are the speedup
+                               # baseline (and the judge's); '' = each sample's own length
   po.judge = judge_fields()
   return po
 
@@ -213,7 +215,6 @@ def judge_fields() -> ConfigDict:
   judge.model = ''             # the judge model (required with po.quality = 'judge')
   judge.base_url = ''          # '' = $OPENAI_BASE_URL
   judge.api_key_env = 'OPENAI_API_KEY'  # the variable that holds the key
-  judge.sequential_run = ''    # the sequential run whose answers are the baseline
   judge.cache = ''             # '' = WORKDIR/judge_cache.jsonl
   judge.concurrency = 8
   judge.timeout = 120.0
@@ -398,7 +399,7 @@ def _check_po(c: ConfigDict, need) -> None:
   if po.quality == 'judge':
     judge = po.judge
     need(bool(judge.model), 'po.judge.model', "the judge's model name with po.quality = 'judge'")
-    need(bool(judge.sequential_run), 'po.judge.sequential_run',
+    need(bool(po.sequential_run), 'po.sequential_run',
          "the sequential run whose answers the judge compares with (po.quality = 'judge')")
     need(judge.concurrency >= 1, 'po.judge.concurrency', 'an int >= 1')
     need(judge.timeout > 0, 'po.judge.timeout', 'a number of seconds > 0')

@@ -333,7 +333,8 @@ def test_stage_two_judge_settings_are_checked(monkeypatch):
   with pytest.raises(config_lib.ConfigError, match=r"config.po.judge.model='': expected the "):
     config_lib.resolve(config(quality='judge'))
   c = config(quality='judge')
-  c.po.judge.update({'model': 'm', 'sequential_run': '/seq', 'top_logprobs': -1})
+  c.po.sequential_run = '/seq'
+  c.po.judge.update({'model': 'm', 'top_logprobs': -1})
   with pytest.raises(config_lib.ConfigError, match=r'po.judge.top_logprobs=-1: expected an '):
     config_lib.resolve(c)
   c.po.judge.top_logprobs = 0

@@ -1,13 +1,10 @@
 """Stage 2 with an LLM judge for quality (`po.quality = 'judge'`; docs/judge.md).
 
 A sample's quality is the judge's confidence-weighted preference for it over the
-sequential model's answer to the same prompt, both orders averaged
-(`judging.Judgement.win`, in [0, 1], 1/2 a tie). The sequential model
-(`po.judge.sequential_run`) does not change from round to round, so its greedy
-answers are decoded once per stage-2 run, with the stage-2 config's interpreter
-limits, and kept in WORKDIR/sequential_answers.json with the settings they were
-decoded with (a changed setting decodes them again). Every round then judges its
-samples against them; the replies are cached in `po.judge.cache`, so a run killed
+sequential model's answer to the same prompt (`po.sequential_run`, decoded once
+per stage-2 run: `preference.baseline`), both orders averaged
+(`judging.Judgement.win`, in [0, 1], 1/2 a tie). Every round judges its samples
+against those answers; the replies are cached in `po.judge.cache`, so a run killed
 while judging asks only for the rest when it resumes.
 
 A sample gets no quality (NaN: `scoring.rate` counts it as unrated and no pair uses
@@ -24,19 +21,14 @@ import math
 import os
 from typing import Any, Mapping, Sequence
 
-from pasta_jax import config as config_lib
 from pasta_jax import judging
-from pasta_jax import runs
 from pasta_jax.chat import flags as chat_flags
 from pasta_jax.chat import service as service_lib
 from pasta_jax.config import ConfigError
-from pasta_jax.interpreter import Interpreter
-from pasta_jax.interpreter import results as results_lib
+from pasta_jax.preference import baseline
 from pasta_jax.preference import common
 from pasta_jax.preference.sampling import PromptId, Sample
-from pasta_jax.settings import Mode
 
-ANSWERS_FILE = 'sequential_answers.json'
 JUDGEMENTS_FILE = 'judgements.jsonl'
 
 
@@ -47,51 +39,7 @@ def settings(ctx: common.Context) -> dict[str, Any]:
     return {}
   j = po.judge
   return {'quality': 'judge', 'judge_model': j.model,
-          'sequential_run': os.path.abspath(os.path.expanduser(j.sequential_run)),
           'top_logprobs': j.top_logprobs, 'judge_max_tokens': j.max_tokens}
-
-
-def _decode_settings(ctx: common.Context, workdir: str, step: int) -> dict[str, Any]:
-  interp = config_lib.interpreter_config(ctx.config)
-  return {'sequential_run': workdir, 'step': step, 'split': ctx.config.po.split,
-          'prompts': len(ctx.prompts), 'max_steps': interp.max_steps,
-          'cache_size': interp.cache_size, 'cache_stages': list(interp.cache_stages)}
-
-
-def sequential_answers(ctx: common.Context) -> list[str | None]:
-  """The sequential run's greedy answer to each prompt (None: too long for it),
-  decoded on the first call of a stage-2 run and read back after (module docstring).
-  Every process decodes (the interpreter runs on the mesh); process 0 writes."""
-  workdir = os.path.abspath(os.path.expanduser(ctx.config.po.judge.sequential_run))
-  step = runs.latest_step(workdir)
-  if step is None:
-    raise ConfigError(f'config.po.judge.sequential_run={workdir!r} has no checkpoint; '
-                      'give the workdir of a finished sequential training run')
-  wanted = _decode_settings(ctx, workdir, step)
-  path = os.path.join(ctx.workdir, ANSWERS_FILE)
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      stored = json.load(f)
-    if stored['settings'] == wanted:
-      return [a['text'] if a['status'] != results_lib.PROMPT_TOO_LONG else None
-              for a in stored['answers']]
-    ctx.message(f'{path} was decoded with other settings; decoding the answers again')
-  run = runs.load_run(workdir, step, mesh=ctx.mesh)  # sharded by its own mesh.rules
-  if run.mode is not Mode.SEQUENTIAL:
-    raise ConfigError(f'config.po.judge.sequential_run={workdir!r} was trained in mode '
-                      f'{run.mode.value!r}; the judge compares with a sequential run')
-  rules = config_lib.rules_for(run.model_config, ctx.mesh, run.config.mesh.rules)
-  interp = Interpreter.from_run(run, mesh=ctx.mesh, rules=rules, max_steps=wanted['max_steps'],
-                                cache_size=wanted['cache_size'],
-                                cache_stages=tuple(wanted['cache_stages']))
-  ctx.message(f'decoding the sequential answers of {len(ctx.prompts)} prompts with {workdir} '
-              f'(step {step}), once for every round')
-  results = interp.generate(ctx.prompts, batch_size=ctx.config.po.sample_batch_size)
-  answers = [{'status': r.status, 'text': r.text, 'tokens': r.total_tokens} for r in results]
-  if ctx.primary:
-    common.write_atomic(path, json.dumps({'settings': wanted, 'answers': answers},
-                                         indent=1).encode())
-  return [a['text'] if a['status'] != results_lib.PROMPT_TOO_LONG else None for a in answers]
 
 
 def service_settings(config: Mapping[str, Any]) -> chat_flags.Settings:
@@ -115,7 +63,7 @@ def service_settings(config: Mapping[str, Any]) -> chat_flags.Settings:
 
 def judge_samples(ctx: common.Context, r: int, directory: str,
                   samples_by_prompt: Mapping[PromptId, Sequence[Sample]],
-                  answers: Sequence[str | None]) -> tuple[dict[tuple[Any, int], float],
+                  answers: Sequence[baseline.Answer | None]) -> tuple[dict[tuple[Any, int], float],
                                                           dict[str, int]]:
   """({(prompt id, sample index): quality}, counts): every sample judged against the
   sequential answer to its prompt; NaN for those without a quality. Writes the
@@ -129,7 +77,7 @@ def judge_samples(ctx: common.Context, r: int, directory: str,
   with judging.opened(service, cache, top_logprobs=j.top_logprobs,
                       fix_attempts=j.fix_attempts) as judge:
     judgements = judging.judge_all(
-        judge, [(ctx.prompts[pid], s.text, answers[pid]) for pid, s in todo],
+        judge, [(ctx.prompts[pid], s.text, answers[pid].text) for pid, s in todo],
         concurrency=service.concurrency, progress=ctx.primary,
         desc=f'round {r}: judging')
     ctx.message(f'round {r}: judge {j.model}: {judge.service.counters.summary()}')

@@ -17,6 +17,7 @@ from pasta_jax import config as config_lib
 from pasta_jax import lang
 from pasta_jax.config import ConfigError
 from pasta_jax.interpreter import Interpreter
+from pasta_jax.preference import baseline
 from pasta_jax.preference import common
 from pasta_jax.preference import judged
 from pasta_jax.preference import logprobs
@@ -93,7 +94,8 @@ def _pair_json(pair: scoring.Pair) -> dict[str, Any]:
 def score(ctx: common.Context, r: int, directory: str,
           writer: metrics_lib.MetricWriter) -> None:
   lam = float(ctx.config.po.lam)
-  settings = dict(sample_settings(ctx, r), lam=lam, **judged.settings(ctx))
+  settings = dict(sample_settings(ctx, r), lam=lam, **baseline.settings(ctx),
+                  **judged.settings(ctx))
   marker = common.read_marker(directory, 'scored')
   if marker is not None:
     common.check_settings(directory, 'scored', marker, settings)
@@ -101,15 +103,17 @@ def score(ctx: common.Context, r: int, directory: str,
   store = sampling.SampleStore(os.path.join(directory, common.SAMPLES_FILE))
   by_prompt = store.samples()
   ordered = {i: by_prompt[i] for i in range(len(ctx.prompts)) if i in by_prompt}
-  quality_fn, info = scoring.synthetic_quality, {}
+  quality_fn, info, baseline_tokens = scoring.synthetic_quality, {}, None
+  if ctx.config.po.sequential_run:
+    answers = baseline.sequential_answers(ctx)  # every process decodes them
+    baseline_tokens = {i: a.tokens for i, a in enumerate(answers) if a is not None}
   if ctx.config.po.quality == 'judge':
-    answers = judged.sequential_answers(ctx)  # every process decodes them
     if not ctx.primary:  # process 0 alone asks the judge and writes the round's files
       common.mark(directory, 'scored', settings)
       return
     qualities, info['judge'] = judged.judge_samples(ctx, r, directory, ordered, answers)
     quality_fn = lambda record, s: qualities[s.prompt_id, s.index]  # noqa: E731
-  scored = scoring.rate(ordered, ctx.records, quality_fn)
+  scored = scoring.rate(ordered, ctx.records, quality_fn, baseline_tokens)
   pairs = scoring.make_pairs(scored, lam)
   summary = scoring.summarize(scored, lam)
   lines = ''.join(json.dumps(_pair_json(p)) + '\n' for p in pairs)

@@ -298,7 +298,7 @@ def test_judge_quality_against_the_sequential_answers(tfds_dir, init_run, sequen
   """po.quality = 'judge': each sample's quality is the judge's win over the sequential
   model's answer (decoded once per run); a malformed verdict leaves a sample unrated;
   a run stopped while judging resumes without asking the judge twice."""
-  from pasta_jax.preference import judged  # pylint: disable=g-import-not-at-top
+  from pasta_jax.preference import baseline, judged  # pylint: disable=g-import-not-at-top
   from tests.annotation import chat_server  # pylint: disable=g-import-not-at-top
   from tests.test_judge import shown, verdict  # pylint: disable=g-import-not-at-top
   state = {'refuse_from': 5}
@@ -316,15 +316,21 @@ def test_judge_quality_against_the_sequential_answers(tfds_dir, init_run, sequen
   workdir = str(tmp_path / 'po')
   with chat_server.ChatServer(script) as server:
     config = po_config(tfds_dir, init_run, num_prompts=2, num_samples=3, train_steps=1,
-                       quality='judge')
+                       quality='judge', sequential_run=sequential_run)
     config.po.judge.update({'model': 'judge-model', 'base_url': server.url,
-                            'api_key_env': 'JUDGE_KEY', 'sequential_run': sequential_run,
+                            'api_key_env': 'JUDGE_KEY',
                             'concurrency': 1, 'max_retries': 0})
     with pytest.raises(errors.ServiceError, match='status 401: stopped here'):
       rounds.run_rounds(config, workdir)
     directory = rounds.round_dir(workdir, 1)
     assert rounds.read_marker(directory, 'scored') is None
-    answers_path = os.path.join(workdir, judged.ANSWERS_FILE)
+    answers_path = os.path.join(workdir, baseline.ANSWERS_FILE)
+    with open(answers_path) as f:
+      stored = json.load(f)
+    for i, answer in enumerate(stored['answers']):  # lengths no sample has: the speedup
+      answer['tokens'] = 1000 + i                    # baseline must come from this file
+    with open(answers_path, 'w') as f:
+      json.dump(stored, f)
     decoded = os.stat(answers_path).st_mtime_ns
     state['refuse_from'] = 10 ** 6
     result = rounds.run_rounds(config, workdir)
@@ -353,6 +359,10 @@ def test_judge_quality_against_the_sequential_answers(tfds_dir, init_run, sequen
   assert summary['mean_quality'] == pytest.approx(np.mean(list(wins.values())))
   for pair in rounds.read_pairs(directory):
     assert pair['chosen_quality'] == pytest.approx(wins[pair['prompt_id'], pair['chosen_index']])
+    # po.sequential_run is the speedup baseline too: its answer's tokens over the rounds
+    for side in ('chosen', 'rejected'):
+      sample = samples[pair['prompt_id'], pair[f'{side}_index']]
+      assert pair[f'{side}_speedup'] == pytest.approx((1000 + pair['prompt_id']) / sample.steps)
   marker = rounds.read_marker(directory, 'scored')
   assert marker['settings']['quality'] == 'judge'
   assert marker['judge'] == {'judged': 5, 'invalid': 1, 'no_sequential_answer': 0}
