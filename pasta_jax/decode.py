@@ -29,6 +29,7 @@ from absl import flags
 from pasta_jax import cli
 from pasta_jax import errors
 from pasta_jax import thread_colors
+from pasta_jax import thread_view
 
 _WORKDIR = cli.define(flags.DEFINE_string, 'workdir', None, 'Training run directory.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
@@ -45,17 +46,8 @@ _COLOR = flags.DEFINE_enum('color', 'auto', ['auto', 'always', 'never'], 'Thread
 
 def coloured_answer(result, color: bool) -> str:
   """The final answer with each part in the colour of the thread that wrote it."""
-  from pasta_jax import lang  # pylint: disable=g-import-not-at-top
-  if result.document is None:
-    return result.text
-  out, thread = [], 0
-  for node in result.document.nodes:
-    if isinstance(node, lang.Text):
-      out.append((0, node.text))
-    elif isinstance(node, lang.Promise):
-      thread += 1
-      out.append((thread, node.body or ''))
-  return ''.join(thread_colors.paint(text, k, color) for k, text in out)
+  return ''.join(thread_colors.paint(text, k, color)
+                 for k, text in thread_view.answer_segments(result))
 
 
 def report(result, tokenizer, color: bool) -> str:
@@ -64,15 +56,12 @@ def report(result, tokenizer, color: bool) -> str:
     return f'prompt: {result.prompt}\nstatus {result.status}: {result.detail}'
   lines = [f'prompt: {result.prompt}', 'answer:', coloured_answer(result, color), '']
   for span in result.threads:
-    name = 'main' if span.thread == 0 else f'thread {span.thread}'
-    text = tokenizer.decode_text([t for t in span.tokens
-                                  if t not in tokenizer.control.tag_ids
-                                  and t != tokenizer.eos_id])
+    name = thread_view.thread_name(span.thread)
+    text = thread_view.thread_text(span.tokens, tokenizer)
     lines.append(f'  {thread_colors.paint(f"{name:>9}", span.thread, color)} rounds '
                  f'{span.first_round:>3}-{span.last_round:<3} {len(span.tokens):>4} tokens '
                  f'| {text!r}')
-  lines.append(f'status {result.status}: {result.steps} rounds, {result.total_tokens} '
-               f'tokens, parallelism {result.parallelism:.2f}')
+  lines.append(thread_view.summary_line(result))
   return '\n'.join(lines)
 
 

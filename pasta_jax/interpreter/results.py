@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 
 from pasta_jax import lang
+from pasta_jax import thread_view
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.interpreter import grammar
 from pasta_jax.interpreter.state import BUDGET, RUNNING, STATUS_NAMES, State
@@ -91,6 +92,11 @@ class Result:
   @property
   def tokens_per_thread(self) -> tuple[int, ...]:
     return tuple(len(t.tokens) for t in self.threads)
+
+  def _repr_html_(self) -> str:
+    """Jupyter's view: the answer with one colour per thread and the thread timeline
+    (`thread_view.result_html`; give it the tokenizer for each bar's text)."""
+    return thread_view.result_html(self)
 
 
 def prompt_too_long(prompt_tokens: int, detail: str) -> Result:

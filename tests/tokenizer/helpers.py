@@ -1,12 +1,11 @@
 """Shared helpers of the tokenizer tests: a corpus, Gemma-style models, strategies."""
 
-import io
 import random
 
-import sentencepiece as spm
 from hypothesis import assume, strategies as st
 
 from pasta_jax import lang
+from pasta_jax import standins
 
 P, S, D = lang.Promise, lang.Sync, lang.Document
 
@@ -28,25 +27,12 @@ def corpus(n=3000, seed=0):
   return lines
 
 
-_GEMMA_SYMBOLS = [f'<unused{i}>' for i in range(60)] + ['<start_of_turn>', '<end_of_turn>']
-
-
 def train_gemma_style(path, *, add_dummy_prefix=False, normalization='identity',
                       byte_fallback=True):
   """A small sentencepiece model with Gemma's conventions (reserved USER_DEFINED pieces)."""
-  writer = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(corpus(1500, seed=1)), model_writer=writer,
-      vocab_size=600, model_type='bpe', user_defined_symbols=_GEMMA_SYMBOLS,
-      byte_fallback=byte_fallback, normalization_rule_name=normalization,
-      remove_extra_whitespaces=False, add_dummy_prefix=add_dummy_prefix,
-      split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
-      pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece='<pad>', eos_piece='<eos>',
-      bos_piece='<bos>', unk_piece='<unk>', num_threads=1, hard_vocab_limit=False,
-      minloglevel=2)
-  with open(path, 'wb') as f:
-    f.write(writer.getvalue())
-  return str(path)
+  return standins.gemma_style_tokenizer(
+      path, corpus(1500, seed=1), add_dummy_prefix=add_dummy_prefix,
+      normalization=normalization, byte_fallback=byte_fallback)
 
 
 # Strategies: text full of tag lookalikes, and well-formed documents.

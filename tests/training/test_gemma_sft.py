@@ -1,16 +1,15 @@
 """configs/gemma_sft.py: presets, and its whole path on a miniature: JSONL data, a
 Gemma-style sentencepiece model (reserved <unusedN> pieces) and a converted checkpoint."""
 
-import io
 import json
 
 import jax
 import numpy as np
 import pytest
-import sentencepiece as spm
 
 from pasta_jax import config as config_lib
 from pasta_jax import runs
+from pasta_jax import standins
 from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import synthetic
 from pasta_jax.models import checkpoint as model_checkpoint
@@ -38,20 +37,6 @@ def test_presets(preset, layers, mode):
     gemma_sft.get_config('9b')
 
 
-def _gemma_style_tokenizer(path, texts):
-  """A small sentencepiece model with Gemma's conventions (reserved USER_DEFINED pieces)."""
-  writer = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=writer, vocab_size=700, model_type='bpe',
-      user_defined_symbols=[f'<unused{i}>' for i in range(60)] +
-      ['<start_of_turn>', '<end_of_turn>'],
-      byte_fallback=True, normalization_rule_name='identity', remove_extra_whitespaces=False,
-      add_dummy_prefix=False, split_digits=True, character_coverage=1.0, pad_id=0, eos_id=1,
-      bos_id=2, unk_id=3, num_threads=1, hard_vocab_limit=False, minloglevel=2)
-  path.write_bytes(writer.getvalue())
-  return str(path)
-
-
 def test_finetune_from_a_converted_checkpoint(tmp_path):
   paths, texts = {}, []
   for split, n in (('train', 48), ('validation', 8)):
@@ -61,7 +46,7 @@ def test_finetune_from_a_converted_checkpoint(tmp_path):
       for e in examples:
         f.write(json.dumps({'prompt': e.prompt, 'annotated_response': e.annotated}) + '\n')
         texts += [e.prompt, e.plain]
-  tok_path = _gemma_style_tokenizer(tmp_path / 'gemma.model', texts)
+  tok_path = standins.gemma_style_tokenizer(tmp_path / 'gemma.model', texts, vocab_size=700)
   tok = tokenizer_lib.Tokenizer.from_pretrained(tok_path, max_promise_tokens=500)
   base = model_config_lib.get_config('tiny', vocab_size=tok.vocab_size)
   base_params = transformer.init_params(base, jax.random.key(7))
