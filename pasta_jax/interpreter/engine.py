@@ -41,6 +41,10 @@ class Engine:
 
   # -- construction ----------------------------------------------------------
 
+  def new_cache(self, batch: int) -> Any:
+    """An empty cache of `cache_size` entries for `batch` requests (`generate`'s)."""
+    return cache_lib.init_cache(self.model.config, batch, self.config.cache_size)
+
   def prefill(self, params: Any, prompt_BT: jax.Array, prompt_len_B: jax.Array,
               requests: Requests, cache: Any) -> State:
     """Writes the prompts into the cache and samples each first token (round 1)."""
