@@ -310,7 +310,7 @@ def compile_generation(setup: Setup, requests: int, prompt_tokens: int | None = 
                                        setup.rules)
   icfg = config_lib.interpreter_config(config, **interpreter).for_backend('tpu')
   batch, length = generation_shape(setup, requests, prompt_tokens, **interpreter)
-  engine = engine_lib.Engine(transformer.Transformer(model_config), icfg,
+  engine = engine_lib.Engine(engine_lib.decoding_model(model_config), icfg,
                              _token_tables(config.data, model_config.vocab_size))
   params = jax.tree.map(
       lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),

@@ -43,7 +43,6 @@ from pasta_jax.interpreter.results import Result, ThreadSpan, Timing
 from pasta_jax.interpreter.state import (RUNNING, Requests, State, make_requests,
                                          no_forcing)
 from pasta_jax.models import sharding as sharding_lib
-from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 
 if TYPE_CHECKING:
@@ -135,7 +134,7 @@ class Interpreter:
       self._batch_split = math.prod(mesh.shape[a] for a in request_axes(self.rules))
     self.tables = grammar.TokenTables.build(tok.control, model_config.vocab_size,
                                             unk=tok.unk_id)
-    self.engine = engine_lib.Engine(transformer.Transformer(model_config), config,
+    self.engine = engine_lib.Engine(engine_lib.decoding_model(model_config), config,
                                     self.tables)
     self.compilations = 0  # traces of the whole-generation program
     self._generate = jax.jit(self._generate_fn)

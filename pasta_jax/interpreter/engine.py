@@ -9,6 +9,7 @@ clock invariants are written in `state`, the thread state machine's in `threads`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -23,6 +24,15 @@ from pasta_jax.interpreter import threads
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.interpreter.state import BUDGET, NO_THREAD, RUNNING, Requests, State
 from pasta_jax.models import cache as cache_lib
+from pasta_jax.models import transformer
+from pasta_jax.models.config import TransformerConfig
+
+
+def decoding_model(model_config: TransformerConfig) -> transformer.Transformer:
+  """The model the interpreter runs: `model_config` without remat. Remat is a
+  training setting (decoding has no backward pass), and under it the model's
+  Python arguments (`write_cache`) would be traced."""
+  return transformer.Transformer(dataclasses.replace(model_config, remat=False))
 
 
 class Engine:
