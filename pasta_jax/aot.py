@@ -50,7 +50,7 @@ _REQUESTS = flags.DEFINE_integer('requests', 16, 'With --generate: requests per 
                                  '(padded to a multiple of the request shards).')
 _PROMPT_TOKENS = flags.DEFINE_integer(
     'prompt_tokens', None, 'With --generate: prompt length (default: the largest prompt '
-    'bucket within the cache).')
+    'bucket shorter than the cache).')
 _HBM_GIB = flags.DEFINE_float('hbm_gib', None, 'HBM per chip in GiB (default: the '
                               "generation's nominal one, pasta_jax.pod.CHIP_HBM_GIB).")
 _INTERPRETER = cli.InterpreterFlags()

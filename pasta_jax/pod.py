@@ -280,8 +280,8 @@ def generation_shape(setup: Setup, requests: int, prompt_tokens: int | None = No
                      **interpreter: Any) -> tuple[int, int]:
   """(batch, prompt length) that the interpreter compiles for `requests` requests:
   the batch padded to a multiple of its request shards, as `Interpreter` pads
-  it; the prompt `prompt_tokens`, by default the largest prompt bucket within
-  the cache (the longest prompt the interpreter takes).
+  it; the prompt `prompt_tokens`, by default the largest prompt bucket that
+  leaves room in the cache to decode.
 
   Raises:
     UsageError: `prompt_tokens` does not fit the cache.
@@ -289,7 +289,7 @@ def generation_shape(setup: Setup, requests: int, prompt_tokens: int | None = No
   cache_size = config_lib.interpreter_config(setup.config, **interpreter).cache_size
   split = math.prod(setup.mesh.shape[a] for a in api.request_axes(setup.rules))
   if prompt_tokens is None:
-    prompt_tokens = max((b for b in api.DEFAULT_BUCKETS if b <= cache_size), default=0)
+    prompt_tokens = max((b for b in api.DEFAULT_BUCKETS if b < cache_size), default=0)
   if not 1 <= prompt_tokens < cache_size:
     raise errors.UsageError(f'prompts of {prompt_tokens} tokens do not fit a cache of '
                             f'{cache_size} entries with room to decode: expected 1 to '

@@ -164,6 +164,7 @@ def _aot(*args):
 
 
 @needs_libtpu
+@pytest.mark.slow  # subprocesses
 @pytest.mark.parametrize('args, line', [
     (['--topology=v5e:3x3'], 'error: --topology=v5e:3x3: libtpu refuses it: Topology '
      'layout "v5e:3x3" is not divisible by the given (or default) chips_per_host_bounds '
