@@ -1,10 +1,11 @@
 r"""Checks that a run config fits a TPU slice, on any machine: `python -m pasta_jax.aot`.
 
-  python -m pasta_jax.aot --config configs/gemma_sft.py:7b --topology v5p:2x2x4
+  python -m pasta_jax.aot --config configs/gemma_sft.py:7b --topology v5p:2x2x4 \
+      --config.mesh.shape='(1, 8, 2)'
   python -m pasta_jax.aot --config configs/gemma_sft.py:2b --topology v5e:2x4 \
       --generate --requests 16 --slots 8 --cache_size 4096
-  python -m pasta_jax.aot --config configs/gemma_sft.py:7b --model gemma3_12b \
-      --topology v5p:2x2x2 --config.mesh.shape='(1, 8, 1)'
+  python -m pasta_jax.aot --config configs/gemma_sft.py:2b --model gemma3_12b \
+      --topology v5p:2x2x2
 
 Builds the mesh the config asks for over the slice's chips, compiles the real
 sharded training step (and with `--generate` the interpreter's whole generation)
