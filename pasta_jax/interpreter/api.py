@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -39,10 +40,9 @@ from pasta_jax.interpreter import results as results_lib
 from pasta_jax.interpreter import sampling
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.interpreter.results import Result, ThreadSpan, Timing
-from pasta_jax.interpreter.state import RUNNING, Requests, State, no_forcing
-from pasta_jax.models import cache as cache_lib
+from pasta_jax.interpreter.state import (RUNNING, Requests, State, make_requests,
+                                         no_forcing)
 from pasta_jax.models import sharding as sharding_lib
-from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 
 if TYPE_CHECKING:
@@ -77,6 +77,20 @@ class Batch:
   def size(self) -> int:
     """B, the requests of the batch."""
     return len(self.prompt_len_B)
+
+
+def request_axes(rules: Sequence[tuple[str, Any]]) -> tuple[str, ...]:
+  """The mesh axes that split a batch of requests: those of the logical 'batch' axis."""
+  axes = nn.logical_to_mesh_axes(('batch',), rules)[0]
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def request_sharding(mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]],
+                     ndim: int) -> jax.sharding.NamedSharding:
+  """The sharding of a per-request array with `ndim` axes ([B, ...]): B split over
+  `request_axes`, the rest whole."""
+  spec = jax.sharding.PartitionSpec(request_axes(rules) or None, *([None] * (ndim - 1)))
+  return jax.sharding.NamedSharding(mesh, spec)
 
 
 class Interpreter:
@@ -117,15 +131,10 @@ class Interpreter:
       self.rules = list(rules or sharding_lib.default_rules(model_config, mesh))
       self.params = jax.tree.map(
           sharding_lib.put, params, sharding_lib.param_shardings(model_config, mesh, self.rules))
-      self._batch_axes = nn.logical_to_mesh_axes(('batch',), self.rules)[0]
-      axes = (self._batch_axes,) if isinstance(self._batch_axes, str) else (
-          self._batch_axes or ())
-      sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
-      for axis in axes:
-        self._batch_split *= sizes[axis]
+      self._batch_split = math.prod(mesh.shape[a] for a in request_axes(self.rules))
     self.tables = grammar.TokenTables.build(tok.control, model_config.vocab_size,
                                             unk=tok.unk_id)
-    self.engine = engine_lib.Engine(transformer.Transformer(model_config), config,
+    self.engine = engine_lib.Engine(engine_lib.decoding_model(model_config), config,
                                     self.tables)
     self.compilations = 0  # traces of the whole-generation program
     self._generate = jax.jit(self._generate_fn)
@@ -170,13 +179,9 @@ class Interpreter:
     if self.mesh is None:
       return tree
 
-    def put(x: Any) -> jax.Array:
-      spec = jax.sharding.PartitionSpec(self._batch_axes, *([None] * (np.ndim(x) - 1)))
-      return sharding_lib.put(x, jax.sharding.NamedSharding(self.mesh, spec))
-    return jax.tree.map(put, tree)
-
-  def _new_cache(self, batch: int) -> Any:
-    return cache_lib.init_cache(self.model_config, batch, self.config.cache_size)
+    return jax.tree.map(
+        lambda x: sharding_lib.put(x, request_sharding(self.mesh, self.rules, np.ndim(x))),
+        tree)
 
   def hoisted_params(self) -> Any:
     """`Engine.hoist(self.params)`: the weights the decode loop reads
@@ -194,13 +199,13 @@ class Interpreter:
                    requests: Requests, hoisted: Any) -> State:
     self.compilations += 1  # runs only while tracing
     return self.engine.generate(params, prompt, prompt_len, requests,
-                                self._new_cache(prompt.shape[0]), hoisted)
+                                self.engine.new_cache(prompt.shape[0]), hoisted)
 
   def _prefill_fn(self, params: Any, prompt: jax.Array, prompt_len: jax.Array,
                   requests: Requests, first_stage: bool = False) -> State:
     """The prefill, into the whole cache (step mode) or into its first stage
     (then `_decode` runs the rest, as `_generate` does in one program)."""
-    cache = self._new_cache(prompt.shape[0])
+    cache = self.engine.new_cache(prompt.shape[0])
     if first_stage:
       cache = self.engine.first_stage(cache, prompt.shape[1])
     return self.engine.prefill(params, prompt, prompt_len, requests, cache)
@@ -268,7 +273,6 @@ class Interpreter:
     seeds = list(range(n)) if seeds is None else list(seeds)
     if any(not 0 <= int(s) < 2**32 for s in seeds):
       raise ValueError(f'seeds must be in [0, 2**32), got {seeds}')
-    keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
     if forced is None:
       forced = no_forcing(n, self.engine.num_thread_ids)
     vocab = self.model_config.vocab_size
@@ -278,11 +282,8 @@ class Interpreter:
         if not 0 <= int(token) < vocab:
           raise ValueError(f'logit_bias token {token} outside the vocabulary of {vocab}')
         bias[int(token)] = value
-    requests = Requests(
-        keys=keys, temperature=jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (n,)),
-        top_p=jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (n,)),
-        forced=jnp.asarray(forced, jnp.int32),
-        logit_bias=jnp.broadcast_to(jnp.asarray(bias), (n, vocab)))
+    requests = make_requests(seeds, temperature=temperature, top_p=top_p, forced=forced,
+                             logit_bias=bias)
     return Batch(prompt_BT=padded, prompt_len_B=lengths, requests=requests)
 
   # -- programs over a batch -----------------------------------------------------

@@ -120,6 +120,20 @@ class InterpreterConfig:
       raise ValueError(f'{name} must be strictly increasing, got {values}')
     return values
 
+  def for_backend(self, backend: str) -> 'InterpreterConfig':
+    """This config with the settings left to the backend (`hoist_layouts` and
+    `round_widths` None) resolved for `backend` ('cpu', 'tpu', 'gpu'): what the
+    programs compiled for that backend run. The interpreter resolves them for
+    `jax.default_backend()`; a program compiled ahead of time for another
+    backend (`pasta_jax.pod`) resolves them for its target."""
+    hoist = backend == 'cpu' if self.hoist_layouts is None else self.hoist_layouts
+    widths = self.round_widths
+    if widths is None:
+      s = self.slots
+      widths = ((s,) if backend != 'cpu' else
+                tuple(sorted({1 << i for i in range(s.bit_length()) if 1 << i < s} | {s})))
+    return dataclasses.replace(self, hoist_layouts=hoist, round_widths=widths)
+
   @property
   def sequential(self) -> bool:
     """Whether this is the sequential baseline decoder (`mode`)."""

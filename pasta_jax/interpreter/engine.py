@@ -9,6 +9,7 @@ clock invariants are written in `state`, the thread state machine's in `threads`
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -23,6 +24,15 @@ from pasta_jax.interpreter import threads
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.interpreter.state import BUDGET, NO_THREAD, RUNNING, Requests, State
 from pasta_jax.models import cache as cache_lib
+from pasta_jax.models import transformer
+from pasta_jax.models.config import TransformerConfig
+
+
+def decoding_model(model_config: TransformerConfig) -> transformer.Transformer:
+  """The model the interpreter runs: `model_config` without remat. Remat is a
+  training setting (decoding has no backward pass), and under it the model's
+  Python arguments (`write_cache`) would be traced."""
+  return transformer.Transformer(dataclasses.replace(model_config, remat=False))
 
 
 class Engine:
@@ -40,6 +50,10 @@ class Engine:
     return self.round.widths
 
   # -- construction ----------------------------------------------------------
+
+  def new_cache(self, batch: int) -> Any:
+    """An empty cache of `cache_size` entries for `batch` requests (`generate`'s)."""
+    return cache_lib.init_cache(self.model.config, batch, self.config.cache_size)
 
   def prefill(self, params: Any, prompt_BT: jax.Array, prompt_len_B: jax.Array,
               requests: Requests, cache: Any) -> State:

@@ -20,17 +20,17 @@ import numpy as np
 Permutations = dict[str, tuple[int, ...]]
 
 
-def permutations(width: int, *, hoist_layouts: bool | None,
+def permutations(width: int, *, hoist_layouts: bool,
                  transpose_gating_einsum: bool) -> Permutations:
   """Weights a model call at `width` tokens per request reads transposed:
-  parameter name -> axis permutation (none unless `hoist_layouts`, which None
-  turns on for the CPU).
+  parameter name -> axis permutation (none unless `hoist_layouts`;
+  `InterpreterConfig.for_backend` resolves its default).
 
   Gemma 2/3's MLP gating (`transpose_gating_einsum`) is hoisted for wide calls
   only: a one-token call reads it as stored (a matrix-vector product is as fast
   either way, and the transposed copy makes XLA:CPU copy it back).
   """
-  if not (jax.default_backend() == 'cpu' if hoist_layouts is None else hoist_layouts):
+  if not hoist_layouts:
     return {}
   perms = {'input_embedding': (1, 0), 'q_einsum': (1, 0, 2), 'kv_einsum': (2, 0, 1, 3),
            'qkv_einsum': (2, 0, 1, 3)}

@@ -42,18 +42,13 @@ class Round:
   def widths(self) -> tuple[int, ...]:
     """Query widths the forward pass is compiled for (`InterpreterConfig.round_widths`;
     by default powers of two below S, and S, on the CPU, else S alone)."""
-    if self.config.round_widths is not None:
-      return self.config.round_widths
-    s = self.config.slots
-    if jax.default_backend() != 'cpu':
-      return (s,)
-    return tuple(sorted({1 << i for i in range(s.bit_length()) if 1 << i < s} | {s}))
+    return self.config.for_backend(jax.default_backend()).round_widths
 
   def layouts(self, width: int) -> layouts.Permutations:
     """The weights a model call at `width` tokens per request reads transposed
     (`layouts.permutations`)."""
     return layouts.permutations(
-        width, hoist_layouts=self.config.hoist_layouts,
+        width, hoist_layouts=self.config.for_backend(jax.default_backend()).hoist_layouts,
         transpose_gating_einsum=self.model.config.transpose_gating_einsum)
 
   def weights(self, params: Any, hoisted: Any | None, width: int) -> Any:

@@ -24,6 +24,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 RUNNING, DONE, BUDGET, CACHE_FULL = 0, 1, 2, 3
@@ -79,6 +80,21 @@ class Requests:
   top_p: jax.Array           # [B]
   forced: jax.Array          # [B, P, F] tokens to force per thread (-1 = sample)
   logit_bias: jax.Array      # [B, V] added to the logits before the grammar mask
+
+
+def make_requests(seeds: Any, *, temperature: Any, top_p: Any, forced: Any,
+                  logit_bias: Any) -> Requests:
+  """`Requests` of len(seeds) requests: request i samples with the PRNG key of
+  `seeds[i]` (uint32), `temperature` and `top_p` (one value, or one per
+  request), `forced` [B, P, F] and `logit_bias` [V] (added to every request's logits)."""
+  n = len(seeds)
+  keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+  return Requests(
+      keys=keys, temperature=jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (n,)),
+      top_p=jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (n,)),
+      forced=jnp.asarray(forced, jnp.int32),
+      logit_bias=jnp.broadcast_to(jnp.asarray(logit_bias, jnp.float32),
+                                  (n, np.shape(logit_bias)[-1])))
 
 
 def no_forcing(batch: int, num_thread_ids: int) -> np.ndarray:

@@ -175,6 +175,19 @@ def _rows(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
+def check_batches(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  process_count: int) -> None:
+  """The training and eval batches against the hosts, the mesh's batch shards and
+  the micro-batches (`partitioning.check_batch`)."""
+  batch_axes = partitioning.batch_axes(config.mesh.rules)
+  partitioning.check_batch(config.data.batch_size, mesh=mesh, batch_axes=batch_axes,
+                           process_count=process_count,
+                           grad_accum_steps=config.optimizer.grad_accum_steps)
+  if config.eval.batch_size:
+    partitioning.check_batch(config.eval.batch_size, mesh=mesh, batch_axes=batch_axes,
+                             process_count=process_count, key='eval.batch_size')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stream: IO[str] | None = None) -> TrainingResult:
   """Trains (or resumes) the run in `workdir` to `config.train.num_steps`.
@@ -196,13 +209,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # -- Checks that need neither data nor compilation. ------------------------
   config_lib.model_config(config, vocab_size=config.model.vocab_size or 1)
   mesh = partitioning.make_mesh(config.mesh.shape)
-  batch_axes = partitioning.batch_axes(config.mesh.rules)
-  partitioning.check_batch(config.data.batch_size, mesh=mesh, batch_axes=batch_axes,
-                           process_count=process_count,
-                           grad_accum_steps=config.optimizer.grad_accum_steps)
-  if config.eval.batch_size:
-    partitioning.check_batch(config.eval.batch_size, mesh=mesh, batch_axes=batch_axes,
-                             process_count=process_count, key='eval.batch_size')
+  check_batches(config, mesh, process_count)
   init_path = _check_init_checkpoint(config) if config.init.checkpoint else None
 
   os.makedirs(workdir, exist_ok=True)

@@ -265,6 +265,14 @@ def jit_steps(*, model_config: TransformerConfig, optimizer, schedule,
   return train, evaluate
 
 
+def abstract_batch(batch_size: int, seq_len: int, sharding) -> dict[str, jax.ShapeDtypeStruct]:
+  """ShapeDtypeStructs of a global batch in `sharding` (the fields and dtypes of
+  `data.pipeline.pack`): what the jitted steps are lowered for ahead of time."""
+  fields = pipeline.pack([], seq_len, pad_id=0)
+  return {k: jax.ShapeDtypeStruct((batch_size, seq_len), v.dtype, sharding=sharding)
+          for k, v in fields.items()}
+
+
 @contextlib.contextmanager
 def sharded(mesh: jax.sharding.Mesh, rules):
   """The mesh and the logical axis rules that the jitted steps trace under."""

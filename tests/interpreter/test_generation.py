@@ -1,6 +1,7 @@
 """The interpreter as a decoder: sequential mode, isolation, batching, grammar, stops."""
 
 import collections
+import dataclasses
 
 import jax
 import numpy as np
@@ -271,6 +272,26 @@ def test_config_errors(kwargs, problem):
 def test_round_widths_from_a_config_list():
   assert InterpreterConfig(slots=4, round_widths=[1, 4]).round_widths == (1, 4)
   assert InterpreterConfig(slots=4).round_widths is None
+
+
+def test_backend_defaults():
+  """hoist_layouts and round_widths left to the backend: the CPU's, or an
+  accelerator's (what a program compiled ahead of time for a TPU runs)."""
+  config = InterpreterConfig(slots=8)
+  cpu, tpu = config.for_backend('cpu'), config.for_backend('tpu')
+  assert (cpu.hoist_layouts, cpu.round_widths) == (True, (1, 2, 4, 8))
+  assert (tpu.hoist_layouts, tpu.round_widths) == (False, (8,))
+  given = InterpreterConfig(slots=8, hoist_layouts=False, round_widths=(2, 8))
+  assert given.for_backend('cpu') == given
+
+
+def test_a_remat_model_decodes_as_without_remat(tok, model):
+  """A run trained with remat (configs/gemma_sft.py) decodes: remat is training's."""
+  config, params = model
+  icfg = InterpreterConfig(slots=4, max_threads=6, cache_size=128, max_steps=40)
+  results = [Interpreter(dataclasses.replace(config, remat=remat), params, tok, icfg).generate(
+      ['a prompt'], temperature=0.0, logit_bias=control_bias(tok))[0] for remat in (False, True)]
+  assert results[0].ids == results[1].ids and results[0].timeline == results[1].timeline
 
 
 def test_cache_stages_from_a_config_list():
