@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 
-from pasta_jax import lang
 from pasta_jax import models
 from pasta_jax import runs
 from pasta_jax import skeleton_of_thought as sot_lib

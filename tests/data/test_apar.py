@@ -10,35 +10,24 @@ import pytest
 
 from pasta_jax import lang
 from pasta_jax.annotation import rules
-from pasta_jax.data import records
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
 
 from configs import synth
+from tests import fixtures
 
 SPLITS = ('train', 'validation', 'test', 'preference')
 
 
-def _read(source) -> list[dict[str, str]]:
-  return [{k: records.decode_text(v) for k, v in source[i].items()}
-          for i in range(len(source))]
-
-
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
-  """(data_dir, {config: {split: [record]}}, what the apar build printed)."""
+  """(data_dir, {config: {split: [record]}}, what the builds printed)."""
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  out, printed = {}, ''
-  for name in ('tiny', 'tiny_apar'):
-    builder = tfds_builders.PastaSynth(config=name, data_dir=data_dir,
-                                       file_format=tfds_builders.FILE_FORMAT)
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as patch:
-      patch.setattr('sys.stdout', stdout)
-      builder.download_and_prepare()
-    printed += stdout.getvalue()
-    out[name] = {s: _read(builder.as_data_source(split=s)) for s in SPLITS}
-  return data_dir, out, printed
+  stdout = io.StringIO()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr('sys.stdout', stdout)
+    out = fixtures.build_synth(data_dir, ('tiny', 'tiny_apar'), SPLITS)
+  return data_dir, out, stdout.getvalue()
 
 
 def test_train_and_validation_are_the_rules_annotations_of_the_same_answers(built):
