@@ -112,9 +112,9 @@ def main(argv: Sequence[str]) -> None:
   try:
     pastas, baseline, pasta_runs = comparison.load_runs(list(runs.values()),
                                                         _SEQUENTIAL.value, **overrides)
+    sots = _skeleton_of_thought(sot_runs, overrides)
   except errors.UserError:
     raise
-    sots = _skeleton_of_thought(sot_runs, overrides)
   except ValueError as e:  # a run of the wrong mode, or interpreter settings out of range
     raise errors.UsageError(str(e)) from e
   data = (pasta_runs or [sot.run for sot in sots.values()])[0].config.data
