@@ -25,6 +25,12 @@ Presets (`configs/synth.py:NAME`):
                     annotations for stage 2 to fix (docs/synthetic_benchmark.md);
                     promised lengths as annotated, so wrong ones reach the model.
   tiny_noisy        tiny on the `tiny_noisy` build.
+  apar              the APAR-style baseline (docs/design.md section 9): the PASTA model
+                    trained on the `apar` build, whose train/validation answers are the
+                    same stripped answers annotated by the rules annotator (list items
+                    become promises; built offline on first use, and the build prints
+                    how many answers it annotated and how many it left sequential).
+  tiny_apar         tiny on the `tiny_apar` build.
 Any field can be overridden, e.g. `--config.train.num_steps=200`.
 """
 
@@ -32,7 +38,7 @@ import ml_collections
 
 from pasta_jax import config as config_lib
 
-PRESETS = ('sequential', 'tiny', 'tiny_sequential', 'noisy', 'tiny_noisy')
+PRESETS = ('sequential', 'tiny', 'tiny_sequential', 'noisy', 'tiny_noisy', 'apar', 'tiny_apar')
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -98,7 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.mesh.shape = (-1, 1, 1)  # data parallel over every device
 
-  if arg in ('tiny', 'tiny_sequential', 'tiny_noisy'):
+  if arg in ('tiny', 'tiny_sequential', 'tiny_noisy', 'tiny_apar'):
     config.data.tfds_config = 'tiny'
     config.tokenizer.num_texts = 400
     config.optimizer.warmup_steps = 5
@@ -106,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 5
     config.eval.every_steps = 20
     config.checkpoint.every_steps = 20
-  elif arg not in (None, '', 'sequential', 'noisy'):
+  elif arg not in (None, '', 'sequential', 'noisy', 'apar'):
     raise ValueError(f"unknown preset {arg!r} for configs/synth.py (presets: "
                      f"{', '.join(repr(p) for p in PRESETS)})")
   if arg in ('sequential', 'tiny_sequential'):
@@ -115,4 +121,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.tfds_config = arg
     # 'measured' would re-measure every promise and erase the wrong lengths.
     config.data.promise_lengths = 'annotated'
+  if arg in ('apar', 'tiny_apar'):
+    config.data.tfds_config = arg
+    # The rules' topics are the items' first words, written by the main thread:
+    # answers are up to ~440 tokens (the reference's ~370).
+    config.data.seq_len = 480
+    config.interpreter.cache_size = 512
   return config

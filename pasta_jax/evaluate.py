@@ -21,6 +21,17 @@ The baseline decodes each prompt once and every PASTA run decodes it right after
 Each run gets the outputs above in --out/NAME; --out itself gets comparison.md (one
 row per run, printed too) and pareto.png (one point per run).
 
+Baselines of docs/design.md section 9 are runs too: the APAR-style model is a
+PASTA run (`--pasta apar=workdir/synth_apar`); `--sot NAME=DIR` decodes any run,
+the sequential one included, Skeleton-of-Thought style
+(`pasta_jax.skeleton_of_thought`: a skeleton, then one forced promise per point
+and a sync) and tabulates it beside the PASTA runs; its --out/NAME also gets
+sot.json (how many prompts were expanded from a skeleton and how many fell back
+to the plain answer, with each skeleton), and the counts are printed:
+
+  python -m pasta_jax.evaluate --pasta pasta=workdir/synth_pasta,apar=workdir/synth_apar \
+      --sot sot=workdir/synth_sequential --sequential workdir/synth_sequential --out workdir/baselines
+
 A prompt longer than a model takes (its largest prompt bucket, at most
 --cache_size) is not decoded: its row in results.json has status
 'prompt_too_long' and a `detail`, the table counts it ("4 (1 too long)") and
@@ -44,6 +55,7 @@ same command again: only those are asked for).
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Sequence
@@ -58,6 +70,9 @@ from pasta_jax.chat import flags as chat_flags
 
 _PASTA = flags.DEFINE_list(
     'pasta', None, 'Workdir(s) of PASTA training runs: DIR or NAME=DIR, comma separated.')
+_SOT = flags.DEFINE_list(
+    'sot', None, 'Runs (PASTA or sequential) decoded Skeleton-of-Thought style: DIR or '
+    'NAME=DIR, comma separated.')
 _SEQUENTIAL = flags.DEFINE_string('sequential', None, 'Workdir of the sequential run.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory.')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split to evaluate on.')
@@ -84,17 +99,19 @@ _JUDGE_FIX_ATTEMPTS = flags.DEFINE_integer('judge_fix_attempts', 1, 'Requests fo
                                            'again after a reply that is not one.')
 
 
-def parse_runs(values: Sequence[str]) -> dict[str, str]:
-  """['a=DIR', 'DIR2'] -> {'a': 'DIR', basename(DIR2): 'DIR2'}; names must be unique."""
+def parse_runs(values: Sequence[str], flag: str = 'pasta',
+               taken: Sequence[str] = ()) -> dict[str, str]:
+  """['a=DIR', 'DIR2'] -> {'a': 'DIR', basename(DIR2): 'DIR2'}; names must be
+  unique, and not in `taken` (another flag's)."""
   runs = {}
   for value in values:
     name, sep, path = value.partition('=')
     if not sep:
       name, path = os.path.basename(os.path.normpath(value)), value
     if not name or not path:
-      raise errors.UsageError(f'--pasta entry {value!r}: expected DIR or NAME=DIR')
-    if name in runs:
-      raise errors.UsageError(f'--pasta: two runs are named {name!r}; name them NAME=DIR')
+      raise errors.UsageError(f'--{flag} entry {value!r}: expected DIR or NAME=DIR')
+    if name in runs or name in taken:
+      raise errors.UsageError(f'--{flag}: two runs are named {name!r}; name them NAME=DIR')
     runs[name] = path
   return runs
 
@@ -102,9 +119,10 @@ def parse_runs(values: Sequence[str]) -> dict[str, str]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not (_PASTA.value and _SEQUENTIAL.value and _OUT.value):
-    raise app.UsageError('--pasta, --sequential and --out are required')
-  runs = parse_runs(_PASTA.value)
+  if not ((_PASTA.value or _SOT.value) and _SEQUENTIAL.value and _OUT.value):
+    raise app.UsageError('--pasta (or --sot), --sequential and --out are required')
+  runs = parse_runs(_PASTA.value or [])
+  sot_runs = parse_runs(_SOT.value or [], 'sot', taken=list(runs))
   cli.check_positive(_NUM_PROMPTS)
   _DECODER.check()
   cli.check_flag(_OUT, not os.path.exists(_OUT.value) or os.path.isdir(_OUT.value),
@@ -122,17 +140,20 @@ def main(argv: Sequence[str]) -> None:
   try:
     pastas, baseline, pasta_runs = comparison.load_runs(list(runs.values()),
                                                         _SEQUENTIAL.value, **overrides)
+    sots = _skeleton_of_thought(sot_runs, overrides)
   except errors.UserError:
     raise
   except ValueError as e:  # a run of the wrong mode, or interpreter settings out of range
     raise errors.UsageError(str(e)) from e
-  source = sources_lib.data_sources(pasta_runs[0].config.data, [_SPLIT.value])[_SPLIT.value]
+  data = (pasta_runs or [sot.run for sot in sots.values()])[0].config.data
+  source = sources_lib.data_sources(data, [_SPLIT.value])[_SPLIT.value]
   if not len(source):  # pylint: disable=g-explicit-length-test
     raise errors.DataError(f'split {_SPLIT.value!r} of the dataset has no prompts; choose '
                            'another with --split')
-  rows = comparison.evaluate_many(dict(zip(runs, pastas)), baseline, source,
+  rows = comparison.evaluate_many({**dict(zip(runs, pastas)), **sots}, baseline, source,
                                   num_prompts=_NUM_PROMPTS.value,
                                   progress=True)
+  runs = {**runs, **sot_runs}
   _check_decoded(rows)
   judgements = _judge(judge, rows) if judge is not None else []
   summaries = {name: comparison.summarize(rows[name]) for name in runs}
@@ -140,6 +161,7 @@ def main(argv: Sequence[str]) -> None:
     summary = summaries[next(iter(runs))]
     paths = comparison.write_outputs(rows[next(iter(runs))], summary, _OUT.value)
     print(comparison.markdown_table(summary))
+    paths.update(_sot_reports(sots, {name: _OUT.value for name in sots}))
   else:
     paths = {}
     for name in runs:
@@ -147,8 +169,10 @@ def main(argv: Sequence[str]) -> None:
       comparison.write_outputs(rows[name], summaries[name], out)
       print(f'\n{name}:\n{comparison.markdown_table(summaries[name])}')
       paths[name] = out
+    paths.update(_sot_reports(sots, {name: os.path.join(_OUT.value, name) for name in sots}))
     settings = {name: comparison.position_setting(run, interp)
                 for name, run, interp in zip(runs, pasta_runs, pastas)}
+    settings.update({name: 'skeleton-of-thought' for name in sots})
     table = comparison.comparison_table(summaries, settings)
     paths['comparison'] = os.path.join(_OUT.value, 'comparison.md')
     with open(paths['comparison'], 'w', encoding='utf-8') as f:
@@ -183,6 +207,25 @@ def _judge(settings: chat_flags.Settings, rows: dict) -> list[judging.Judgement]
                                        progress=True)
     print(f'judge {settings.model}: {judge.service.counters.summary()}')
   return judgements
+
+
+def _skeleton_of_thought(sot_runs: dict[str, str], overrides: dict) -> dict:
+  """Name -> `SkeletonOfThought` of each --sot run."""
+  from pasta_jax import runs as runs_lib  # pylint: disable=g-import-not-at-top
+  from pasta_jax import skeleton_of_thought  # pylint: disable=g-import-not-at-top
+  return {name: skeleton_of_thought.SkeletonOfThought(runs_lib.load_run(workdir), **overrides)
+          for name, workdir in sot_runs.items()}
+
+
+def _sot_reports(sots: dict, out_dirs: dict[str, str]) -> dict[str, str]:
+  """Writes each --sot run's sot.json and prints its outcome counts."""
+  paths = {}
+  for name, sot in sots.items():
+    paths[f'{name} (sot.json)'] = os.path.join(out_dirs[name], 'sot.json')
+    with open(paths[f'{name} (sot.json)'], 'w', encoding='utf-8') as f:
+      json.dump(sot.report(), f, indent=1)
+    print(f'\n{name}: {sot.summary_line()}')
+  return paths
 
 
 def _check_decoded(rows: dict) -> None:

@@ -4,6 +4,8 @@ r"""The stage-2 experiment in one command: SFT, a lambda sweep with rounds, the 
     python scripts/po_experiment.py --out workdir/po_experiment --sft_clean=workdir/synth_pasta \
         --sequential=workdir/synth_sequential        # reuse the main job's runs
     python scripts/po_experiment.py --out /tmp/po_smoke --tiny --lams=1,inf --rounds=1
+    python scripts/po_experiment.py --out workdir/po_experiment \
+        --apar=workdir/synth_apar --sot=workdir/po_experiment/sequential  # + baselines
 
 Trains (or reuses) the SFT models on the clean and the noisy data and the
 sequential model, runs stage 2 from each SFT model for every lambda of --lams
@@ -53,6 +55,10 @@ _STAGE1 = flags.DEFINE_multi_string('stage1', [], 'KEY=VALUE config override of 
                                     'runs trained here, e.g. train.num_steps=500 (repeatable).')
 _STAGE2 = flags.DEFINE_multi_string('stage2', [], 'KEY=VALUE config override of the stage-2 '
                                     'runs, e.g. po.lr=3e-6 (repeatable).')
+_APAR = flags.DEFINE_string('apar', '', 'An APAR-style run (configs/synth.py:apar) to plot '
+                            'and tabulate as a baseline.')
+_SOT = flags.DEFINE_string('sot', '', 'A run (e.g. the sequential one) to decode '
+                           'Skeleton-of-Thought style, plotted and tabulated as a baseline.')
 _REPORT_ONLY = flags.DEFINE_bool('report_only', False,
                                  'Only print the report of a finished evaluation.')
 _DRY_RUN = flags.DEFINE_bool('dry_run', False,
@@ -61,7 +67,7 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False,
 
 def _plan() -> experiment.Plan:
   cli.check_positive(_NUM_PROMPTS)
-  for flag in (_SEQUENTIAL, _SFT_CLEAN, _SFT_NOISY):
+  for flag in (_SEQUENTIAL, _SFT_CLEAN, _SFT_NOISY, _APAR, _SOT):
     cli.check_flag(flag, not flag.value or os.path.isdir(flag.value),
                    'an existing run directory')
   return experiment.Plan(
@@ -70,7 +76,8 @@ def _plan() -> experiment.Plan:
       tiny=_TINY.value, num_prompts=_NUM_PROMPTS.value, sequential=_SEQUENTIAL.value,
       sft={k: v for k, v in (('clean', _SFT_CLEAN.value), ('noisy', _SFT_NOISY.value)) if v},
       stage1_overrides=experiment.split_overrides(_STAGE1.value),
-      stage2_overrides=experiment.split_overrides(_STAGE2.value))
+      stage2_overrides=experiment.split_overrides(_STAGE2.value),
+      apar=_APAR.value, sot=_SOT.value)
 
 
 def main(argv):

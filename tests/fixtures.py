@@ -25,3 +25,22 @@ def synthetic_tokenizer(num_examples: int) -> tokenizer_lib.Tokenizer:
   for example in synthetic.generate('train', num_examples):
     texts += [example.prompt, example.plain]
   return tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
+
+
+def build_synth(data_dir: str, configs: tuple[str, ...],
+                splits: tuple[str, ...] = ('train', 'validation', 'test', 'preference')
+                ) -> dict[str, dict[str, list[dict[str, str]]]]:
+  """{config: {split: [record as text fields]}} of pasta_synth builds in `data_dir`."""
+  from pasta_jax.data import records  # pylint: disable=g-import-not-at-top
+  from pasta_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  out = {}
+  for name in configs:
+    builder = tfds_builders.PastaSynth(config=name, data_dir=data_dir,
+                                       file_format=tfds_builders.FILE_FORMAT)
+    builder.download_and_prepare()
+    out[name] = {}
+    for split in splits:
+      source = builder.as_data_source(split=split)
+      out[name][split] = [{k: records.decode_text(v) for k, v in source[i].items()}
+                          for i in range(len(source))]
+  return out

@@ -305,3 +305,26 @@ def test_no_prompts_is_refused_and_an_empty_summary_has_all():
     comparison.evaluate_many({}, None, [], num_prompts=0)
   summary = comparison.summarize([])
   assert list(summary) == ['all'] and summary['all']['prompts'] == 0
+
+
+@pytest.mark.slow
+def test_skeleton_of_thought_runs_are_tabulated(runs, tmp_path):
+  """--sot decodes the sequential run Skeleton-of-Thought style beside a PASTA run:
+  a row of the comparison, its outputs, and sot.json with the outcome counts."""
+  pasta_dir, seq_dir, _ = runs
+  out = tmp_path / 'eval'
+  result = _evaluate_cli(f'--pasta=pasta={pasta_dir}', f'--sot=sot={seq_dir}',
+                         f'--sequential={seq_dir}', f'--out={out}', '--num_prompts=2',
+                         '--max_steps=32', '--cache_size=256')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert re.search(r'\| sot \| skeleton-of-thought \|', result.stdout)
+  report = json.loads((out / 'sot' / 'sot.json').read_text())
+  assert sum(report['outcomes'].values()) == 2 == len(report['prompts'])
+  assert f'sot: skeleton-of-thought: {report["outcomes"]["expanded"]} of 2 prompts' in (
+      result.stdout)
+  summary = json.loads((out / 'sot' / 'results.json').read_text())['summary']
+  assert summary['all']['prompts'] == 2
+  # A name used twice is refused.
+  result = _evaluate_cli(f'--pasta=x={pasta_dir}', f'--sot=x={seq_dir}',
+                         f'--sequential={seq_dir}', f'--out={out}2')
+  assert result.returncode == 2 and 'two runs are named' in result.stderr

@@ -48,6 +48,13 @@ def _features() -> tfds.features.FeaturesDict:
 
 # Rates of the `noisy` configs (docs/synthetic_benchmark.md, "Noisy annotations").
 NOISY = {'noise_under': 0.2, 'noise_over': 0.2, 'noise_tokens': 0.2}
+# Who writes the train and validation annotations: the generator ('reference') or
+# the rule-based annotator on the stripped answers ('rules': the APAR-style
+# baseline's data, docs/design.md section 9).
+ANNOTATORS = ('reference', 'rules')
+# The splits a config's `annotator` rewrites (test and preference keep the reference
+# annotations: evaluation and stage 2 read only their prompts and facts).
+ANNOTATED_SPLITS = ('train', 'validation')
 
 
 @dataclasses.dataclass
@@ -56,6 +63,9 @@ class PastaSynthConfig(tfds.core.BuilderConfig):
 
   The `noise_*` fields are `synthetic.Noise`'s (rates of imperfect annotations),
   applied to `noisy_splits` only; test and preference are never noisy.
+  `annotator` 'rules' replaces the train and validation annotations by the
+  rule-based annotator's of the stripped answers (`rules_annotated`); it
+  excludes noise.
   """
 
   num_train: int = 20_000
@@ -71,6 +81,7 @@ class PastaSynthConfig(tfds.core.BuilderConfig):
   noise_tokens_factors: tuple[float, ...] = (0.5, 2.0)
   noise_max_tokens: int = synthetic.Noise.max_tokens
   noisy_splits: tuple[str, ...] = ('train', 'validation')
+  annotator: str = 'reference'
 
   @property
   def noise(self) -> synthetic.Noise:
@@ -104,6 +115,12 @@ class PastaSynth(tfds.core.GeneratorBasedBuilder):
       PastaSynthConfig(name='tiny_noisy', description='tiny with the noise of noisy.',
                        num_train=400, num_validation=40, num_test=40, num_preference=40,
                        **NOISY),
+      PastaSynthConfig(name='apar', description=(
+          'The full benchmark with train/validation annotations by the rule-based '
+          'annotator (the APAR-style baseline).'), annotator='rules'),
+      PastaSynthConfig(name='tiny_apar', description='tiny, annotated as apar.',
+                       num_train=400, num_validation=40, num_test=40, num_preference=40,
+                       annotator='rules'),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -120,6 +137,11 @@ class PastaSynth(tfds.core.GeneratorBasedBuilder):
     unknown = set(config.noisy_splits) - {'train', 'validation'}
     if unknown:
       raise ValueError(f'noisy_splits may hold train and validation, got {sorted(unknown)}')
+    if config.annotator not in ANNOTATORS:
+      raise ValueError(f'annotator must be one of {ANNOTATORS}, got {config.annotator!r}')
+    if config.annotator != 'reference' and config.noise.active:
+      raise ValueError(f'annotator={config.annotator!r} rewrites the annotations that noise '
+                       'corrupts: give one or the other')
     sizes = {'train': config.num_train, 'validation': config.num_validation,
              'test': config.num_test}
     splits = {split: self._generate_examples(split, n) for split, n in sizes.items()}
@@ -137,15 +159,57 @@ class PastaSynth(tfds.core.GeneratorBasedBuilder):
       examples = synthetic.generate(split, num_examples, seed=config.seed,
                                     families=config.families, quantum=config.quantum)
     noise = config.noise if split in config.noisy_splits else synthetic.Noise()
+    rules = config.annotator == 'rules' and split in ANNOTATED_SPLITS
+    outcomes = collections.Counter()
     for i, example in enumerate(examples):
       extras = '{}'
       if noise.active:
         example, record = synthetic.corrupt(example, noise, config.seed,
                                             quantum=config.quantum)
         extras = json.dumps({'noise': record}, sort_keys=True)
+      if rules:
+        example, record = rules_annotated(example, config.quantum)
+        outcomes[example.family, record['outcome']] += 1
+        extras = json.dumps({'rules': record}, sort_keys=True)
       yield i, {'prompt': example.prompt, 'annotated_response': example.annotated,
                 'plain_response': example.plain, 'family': example.family,
                 'facts': example.facts, 'extras': extras}
+    if rules:
+      print(f'pasta_synth/{config.name} {split}: {rules_summary(outcomes)}')
+
+
+def rules_annotated(example: synthetic.Example,
+                    quantum: int = lang.DEFAULT_QUANTUM) -> tuple[synthetic.Example, dict]:
+  """The example annotated by the rule-based annotator (the `annotation` package's
+  `rules`, validated as `python -m pasta_jax.annotate --annotator=rules` does) from its
+  stripped answer, and what it did: {'outcome': 'annotated' or 'unchanged-no-tags'
+  (no list: the answer stays sequential), 'promises': n}. Promised lengths are the
+  rules' estimates rounded up to `quantum` (training re-measures them by default)."""
+  # Imported here: the annotation runner pulls in the chat-completions client.
+  from pasta_jax.annotation import runner  # pylint: disable=g-import-not-at-top
+  from pasta_jax.annotation import validation  # pylint: disable=g-import-not-at-top
+  annotation = runner.RulesAnnotator().annotate(example.prompt, example.plain)
+  if annotation.document is None:  # the rules only add tags; this is a bug
+    raise AssertionError(f'the rules annotator broke an answer: {annotation.invalid}')
+  doc = validation.Lengths(quantum=quantum).apply(annotation.document)
+  assert lang.strip(doc) == example.plain
+  outcome = runner.ANNOTATED if doc.promises else runner.UNCHANGED
+  return (dataclasses.replace(example, annotated=lang.serialize(doc)),
+          {'outcome': outcome, 'promises': len(doc.promises)})
+
+
+def rules_summary(outcomes: Mapping[tuple[str, str], int]) -> str:
+  """'rules annotator: 300 of 400 answers annotated, 100 left sequential (per
+  family ...)' from counts by (family, outcome)."""
+  # Imported here: see rules_annotated.
+  from pasta_jax.annotation import runner  # pylint: disable=g-import-not-at-top
+  total = sum(outcomes.values())
+  changed = sum(n for (_, o), n in outcomes.items() if o == runner.ANNOTATED)
+  annotated = lambda f: outcomes[f, runner.ANNOTATED]  # noqa: E731
+  per_family = ', '.join(f'{f} {annotated(f)}/{annotated(f) + outcomes[f, runner.UNCHANGED]}'
+                         for f in sorted({f for f, _ in outcomes}))
+  return (f'rules annotator: {changed} of {total} answers annotated, {total - changed} '
+          f'left sequential (annotated per family: {per_family})')
 
 
 # ----------------------------------------------------------------------------

@@ -13,6 +13,11 @@ longer than the largest bucket (`max_prompt_tokens`, at most the cache size) is
 not decoded: its result has status 'prompt_too_long' and a `detail` saying what
 would fit, and the other prompts decode as they would without it.
 
+A request may begin with a forced prefix (`prefix=`: token ids the main thread
+writes first, checked against the grammar, e.g. promise tags), after which it
+decodes freely; prefixes are padded to a few width buckets too
+(`PREFIX_BUCKETS`), so they do not compile a program per prompt either.
+
 Below `generate` the programs are public one by one: `prepare` pads prompts and
 makes their requests (a `Batch`), `generate_batch` runs the whole generation of a
 batch, and `prefill`, `decode` and `step` its parts; `results` reads a `State`.
@@ -40,8 +45,8 @@ from pasta_jax.interpreter import results as results_lib
 from pasta_jax.interpreter import sampling
 from pasta_jax.interpreter.config import InterpreterConfig
 from pasta_jax.interpreter.results import Result, ThreadSpan, Timing
-from pasta_jax.interpreter.state import (RUNNING, Requests, State, make_requests,
-                                         no_forcing)
+from pasta_jax.interpreter.state import (NOT_FORCED, RUNNING, Requests, State,
+                                         make_requests, no_forcing)
 from pasta_jax.models import sharding as sharding_lib
 from pasta_jax.models.config import TransformerConfig
 
@@ -53,6 +58,9 @@ __all__ = ['Batch', 'Interpreter', 'PromptTooLongError', 'Result', 'ThreadSpan',
 PromptTooLongError = results_lib.PromptTooLongError
 
 DEFAULT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)
+# Widths F of `Requests.forced` for forced prefixes: a batch's prefixes are
+# padded (with NOT_FORCED) to the smallest that holds the longest.
+PREFIX_BUCKETS = (16, 32, 64, 128, 256, 512)
 # The `State` fields that `results` reads.
 _OUTPUTS = ('out_token', 'out_thread', 'out_round', 'out_len', 'status', 'steps',
             'out_logits')
@@ -246,10 +254,38 @@ class Interpreter:
     return (f'{text}; no prompt bucket holds it (Interpreter(buckets=...) sets them): '
             'shorten the prompt')
 
+  def prefix_forcing(self, prefixes: Sequence[Sequence[int] | None]) -> np.ndarray:
+    """`Requests.forced` [N, max_threads + 1, F] that makes request i's main
+    thread write `prefixes[i]` (token ids; None or empty: nothing) as its first
+    tokens and then sample freely; F is the smallest of `PREFIX_BUCKETS` that
+    holds the longest prefix, so one compilation serves every prefix up to it.
+
+    Raises:
+      ValueError: a prefix the main thread's grammar does not allow
+        (`grammar.check_prefix`), or longer than the largest bucket.
+    """
+    prefixes = [np.asarray(p if p is not None else [], np.int32) for p in prefixes]
+    longest = max((len(p) for p in prefixes), default=0)
+    if longest > PREFIX_BUCKETS[-1]:
+      raise ValueError(f'a forced prefix of {longest} tokens; at most '
+                       f'{PREFIX_BUCKETS[-1]} are taken')
+    cfg = self.config
+    for prefix in prefixes:
+      grammar.check_prefix(self.tables, prefix, max_threads=cfg.max_threads,
+                           max_topic_tokens=cfg.max_topic_tokens,
+                           sequential=cfg.sequential)
+    width = next(b for b in PREFIX_BUCKETS if b >= longest)
+    forced = np.full((len(prefixes), self.engine.num_thread_ids, width), NOT_FORCED,
+                     np.int32)
+    for i, prefix in enumerate(prefixes):
+      forced[i, 0, :len(prefix)] = prefix
+    return forced
+
   def prepare(self, prompts: Sequence[str] | Sequence[np.ndarray], *,
               temperature: float | Sequence[float] = 0.0,
               top_p: float | Sequence[float] = 1.0, seeds: Sequence[int] | None = None,
               forced: np.ndarray | None = None,
+              prefix: Sequence[Sequence[int] | None] | None = None,
               logit_bias: dict[int, float] | None = None) -> Batch:
     """A `Batch` of requests, one per prompt (text, rendered with the template, or
     token ids), for `generate_batch`, `prefill`, `decode` and `step`.
@@ -257,10 +293,18 @@ class Interpreter:
     The prompts are padded to the bucket of the longest. Request i samples with
     the seed `seeds[i]` (default i), `temperature` and `top_p` (one value, or
     one per request); `forced` [N, max_threads + 1, F] teacher-forces each
-    thread's sampled tokens (-1 = sample), for tests and replay; `logit_bias`
-    {token id: value} is added to every request's logits before sampling.
+    thread's sampled tokens (-1 = sample), for tests and replay; `prefix` (one
+    per prompt) forces the first tokens of each main thread instead
+    (`prefix_forcing`); `logit_bias` {token id: value} is added to every
+    request's logits before sampling (forced tokens are not affected).
     """
     sampling.check_settings(temperature, top_p)
+    if prefix is not None:
+      if forced is not None:
+        raise ValueError('give forced or prefix, not both')
+      if len(prefix) != len(prompts):
+        raise ValueError(f'{len(prefix)} prefixes for {len(prompts)} prompts')
+      forced = self.prefix_forcing(prefix)
     ids = [self.encode_prompts([p])[0] if isinstance(p, str) else p for p in prompts]
     n = len(ids)
     lengths = np.array([len(x) for x in ids], np.int32)
@@ -342,15 +386,20 @@ class Interpreter:
                    top_p: float = 1.0, seeds: Sequence[int] | None = None,
                    batch_size: int | None = None,
                    forced: np.ndarray | None = None,
+                   prefix: Sequence[Sequence[int] | None] | None = None,
                    logit_bias: dict[int, float] | None = None) -> list[Result]:
     """Generates from token ids. `forced` [N, max_threads + 1, F] teacher-forces
-    each thread's sampled tokens (-1 = sample), for tests and replay.
+    each thread's sampled tokens (-1 = sample), for tests and replay; `prefix`
+    (one per prompt: token ids, or None) forces the first tokens of each main
+    thread, then it decodes freely (`prefix_forcing`).
 
     A prompt longer than `max_prompt_tokens` gets a 'prompt_too_long' result;
     the others decode exactly as they would without it (same batches, seeds).
     """
     sampling.check_settings(temperature, top_p)
     n = len(prompt_ids)
+    if prefix is not None and len(prefix) != n:
+      raise ValueError(f'{len(prefix)} prefixes for {n} prompts')
     seeds = list(range(n)) if seeds is None else list(seeds)
     lengths = [len(x) for x in prompt_ids]
     fits = [i for i in range(n) if lengths[i] <= self.max_prompt_tokens]
@@ -366,6 +415,7 @@ class Interpreter:
       batch = self.prepare([prompt_ids[i] for i in chunk], temperature=temperature,
                            top_p=top_p, seeds=[seeds[i] for i in chunk],
                            forced=None if forced is None else np.asarray(forced)[chunk],
+                           prefix=None if prefix is None else [prefix[i] for i in chunk],
                            logit_bias=logit_bias)
       for i, result in zip(chunk[:real], self.results(self.generate_batch(batch))):
         results[i] = dataclasses.replace(result, prompt_tokens=lengths[i])
@@ -375,8 +425,11 @@ class Interpreter:
     return results
 
   def generate_timed(self, prompt_ids: np.ndarray, *, seed: int = 0,
-                     temperature: float = 0.0) -> tuple[Result, Timing]:
-    """One request (batch 1) and the seconds its prefill and its decode ran.
+                     temperature: float = 0.0, prefix: Sequence[int] | None = None,
+                     logit_bias: dict[int, float] | None = None
+                     ) -> tuple[Result, Timing]:
+    """One request (batch 1) and the seconds its prefill and its decode ran
+    (`prefix`, `logit_bias`: as in `prepare`).
 
     The prefill and the decode rounds run as two jitted programs (`prefill`
     into the first cache stage, then `decode`: the computation `generate` runs
@@ -392,7 +445,8 @@ class Interpreter:
     if length > self.max_prompt_tokens:
       return (results_lib.prompt_too_long(length, self.too_long_detail(length)),
               Timing(prefill_seconds=0.0, decode_seconds=0.0))
-    batch = self.prepare([prompt_ids], temperature=temperature, seeds=[seed])
+    batch = self.prepare([prompt_ids], temperature=temperature, seeds=[seed],
+                         prefix=None if prefix is None else [prefix], logit_bias=logit_bias)
     self.hoisted_params()  # made once per interpreter, like a compilation
     start = time.perf_counter()
     state = jax.block_until_ready(self.prefill(batch, first_stage=True))

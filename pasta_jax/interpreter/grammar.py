@@ -15,6 +15,7 @@ every document the interpreter writes is well formed by construction.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +89,41 @@ def allowed_tokens(tables: TokenTables, *, is_main: jax.Array, in_topic: jax.Arr
       | (topic[..., None] & is_length)
       | ((~is_main)[..., None] & (vocab == c.async_close)))
   return per_token
+
+
+def check_prefix(tables: TokenTables, ids: Sequence[int], *, max_threads: int,
+                 max_topic_tokens: int, sequential: bool) -> None:
+  """Raises ValueError unless `ids` is a main thread's possible beginning under
+  `allowed_tokens`: text, well-formed promise tags (at most `max_threads`, topics
+  of at most `max_topic_tokens` tokens; the last tag may be left open) and
+  `<sync/>` (text alone in sequential mode), EOS only last. A forced token
+  replaces the sampled one without the grammar mask (`record.force`), so a
+  forced prefix is checked here, on the host, before it reaches the device."""
+  c = tables.control
+  in_topic, topic_len, promises = False, 0, 0
+  for i, token in enumerate(int(t) for t in ids):
+    where = f'prefix token {i} (id {token})'
+    if not 0 <= token < tables.vocab_size:
+      raise ValueError(f'{where}: outside the vocabulary of {tables.vocab_size}')
+    if token == c.eos and not in_topic:
+      if i != len(ids) - 1:
+        raise ValueError(f'{where}: EOS before the end of the prefix')
+    elif in_topic:
+      if tables.length[token] >= 0:
+        in_topic, promises = False, promises + 1
+      elif tables.is_text[token] and topic_len < max_topic_tokens:
+        topic_len += 1
+      else:
+        raise ValueError(f'{where}: a promise topic continues with text (at most '
+                         f'{max_topic_tokens} tokens) or ends with a length token')
+    elif tables.is_text[token]:
+      continue
+    elif sequential:
+      raise ValueError(f'{where}: sequential mode decodes text and EOS only')
+    elif token == c.promise:
+      if promises >= max_threads:
+        raise ValueError(f'{where}: more than max_threads={max_threads} promises')
+      in_topic, topic_len = True, 0
+    elif token != c.sync:
+      raise ValueError(f'{where}: the main thread writes text, <promise .../> tags, '
+                       '<sync/> and EOS only')

@@ -102,6 +102,10 @@ class Plan:
     sequential: the sequential run (default: out/sequential, trained here).
     sft: data set -> an existing SFT run to start from instead of training one.
     stage1_overrides, stage2_overrides: extra `--config.KEY=VALUE` arguments.
+    apar, sot: baselines of docs/design.md section 9 to evaluate beside the
+      models ('' for none): an APAR-style PASTA run (configs/synth.py:apar), and
+      a run decoded Skeleton-of-Thought style (e.g. the sequential run). They are
+      plotted and tabulated, never front candidates for the targets.
   """
 
   out: str
@@ -114,6 +118,8 @@ class Plan:
   sft: Mapping[str, str] = dataclasses.field(default_factory=dict)
   stage1_overrides: tuple[str, ...] = ()
   stage2_overrides: tuple[str, ...] = ()
+  apar: str = ''
+  sot: str = ''
 
   def __post_init__(self):
     unknown = [d for d in self.datasets if d not in SFT_PRESETS]
@@ -155,6 +161,10 @@ class Plan:
           models[po_name(data, lam, r)] = rounds_lib.round_dir(self.po_dir(data, lam), r)
     return models
 
+  def baselines(self) -> dict[str, str]:
+    """Evaluation name -> run directory of the baselines given ('apar', 'sot')."""
+    return {name: path for name, path in (('apar', self.apar), ('sot', self.sot)) if path}
+
   # -- steps -------------------------------------------------------------------------
 
   def steps(self) -> list[Step]:
@@ -179,8 +189,12 @@ class Plan:
              f'--config.po.rounds={self.rounds}', *self.stage2_overrides),
             workdir, 'stage2', rounds=self.rounds))
     pasta = ','.join(f'{name}={path}' for name, path in self.models().items())
+    if self.apar:
+      pasta += f',apar={self.apar}'
     argv = ['pasta_jax.evaluate', f'--pasta={pasta}', f'--sequential={self.sequential_dir()}',
             f'--out={self.eval_dir()}']
+    if self.sot:
+      argv.append(f'--sot=sot={self.sot}')
     if self.num_prompts:
       argv.append(f'--num_prompts={self.num_prompts}')
     steps.append(Step('evaluate', tuple(argv), self.eval_dir(), 'evaluate'))
@@ -213,11 +227,15 @@ class Plan:
   def eval_settings(self) -> dict[str, Any]:
     """What a finished evaluation was run on: its models (with their latest
     checkpoint steps), the baseline and the prompt count."""
-    return {'models': {name: [os.path.abspath(path), runs.latest_step(path)]
-                       for name, path in self.models().items()},
-            'sequential': [os.path.abspath(self.sequential_dir()),
-                           runs.latest_step(self.sequential_dir())],
-            'num_prompts': self.num_prompts}
+    settings = {'models': {name: [os.path.abspath(path), runs.latest_step(path)]
+                           for name, path in self.models().items()},
+                'sequential': [os.path.abspath(self.sequential_dir()),
+                               runs.latest_step(self.sequential_dir())],
+                'num_prompts': self.num_prompts}
+    if self.baselines():  # (absent without: earlier evaluations stay finished)
+      settings['baselines'] = {name: [os.path.abspath(path), runs.latest_step(path)]
+                               for name, path in self.baselines().items()}
+    return settings
 
 
 def sft_name(data: str) -> str:
@@ -258,7 +276,7 @@ def mark_evaluated(plan: Plan) -> None:
 def load_points(plan: Plan) -> tuple[dict[str, pareto.Point], pareto.Point]:
   """Every model's point, and the sequential model's, from the evaluation."""
   points, sequential = {}, None
-  for name in plan.models():
+  for name in [*plan.models(), *plan.baselines()]:
     path = os.path.join(plan.eval_dir(), name, 'results.json')
     if not os.path.exists(path):
       raise errors.DataError(f'{path} is missing; run the experiment (or its evaluation) '
@@ -395,6 +413,18 @@ def tables(plan: Plan, points: Mapping[str, pareto.Point], sequential: pareto.Po
       lines.append(f'| {family} | {sequential.families[family]:.1f} | ' + ' | '.join(
           f'{points[n].families.get(family, math.nan):.1f}' for n in names) + ' |')
     parts.append('\n'.join(lines))
+  if plan.baselines():
+    stage2 = {data: [points[po_name(data, lam, r)] for lam in plan.lams
+                     for r in range(1, plan.rounds + 1)] for data in plan.datasets}
+    lines = ['baselines (docs/design.md section 9)', '',
+             '| baseline | quality | wall-clock speedup | theoretical speedup | '
+             'dominated by (stage 2) |', '|' + '---|' * 5]
+    for name in plan.baselines():
+      b = points[name]
+      by = [p.name for data in plan.datasets for p in stage2[data] if pareto.dominates(p, b)]
+      lines.append(f'| {name} | {b.quality:.1f} | {b.speedup:.2f}x | {b.theoretical:.2f}x | '
+                   f'{", ".join(by) or "none"} |')
+    parts.append('\n'.join(lines))
   return '\n\n'.join(parts)
 
 
@@ -429,6 +459,10 @@ def plot(plan: Plan, points: Mapping[str, pareto.Point], sequential: pareto.Poin
         ax.scatter([p.speedup], [p.quality], s=50, color=colour,
                    marker=markers[(r - 1) % len(markers)],
                    label=f'lambda {lam_name(lam)}, round {r}')
+    for name, marker in zip(plan.baselines(), 'hp'):
+      b = points[name]
+      ax.scatter([b.speedup], [b.quality], s=80, marker=marker, c='tab:orange',
+                 edgecolors='black', label=f'{name} (baseline)')
     line = pareto.front(family)
     ax.plot([p.speedup for p in line], [p.quality for p in line], '--', c='grey', lw=1,
             label='Pareto front')

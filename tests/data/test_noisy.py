@@ -10,7 +10,6 @@ import pytest
 
 from pasta_jax import lang
 from pasta_jax import layout
-from pasta_jax.data import records
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
 from tests import fixtures
@@ -24,22 +23,11 @@ RATES = synthetic.Noise(under=tfds_builders.NOISY['noise_under'],
                         tokens=tfds_builders.NOISY['noise_tokens'])
 
 
-def _read(source) -> list[dict[str, str]]:
-  return [{k: records.decode_text(v) for k, v in source[i].items()}
-          for i in range(len(source))]
-
-
 @pytest.fixture(scope='module')
 def built(tmp_path_factory):
   """{config: {split: [record]}} of tiny and tiny_noisy, built in a tmp data_dir."""
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
-  out = {}
-  for name in ('tiny', 'tiny_noisy'):
-    builder = tfds_builders.PastaSynth(config=name, data_dir=data_dir,
-                                       file_format=tfds_builders.FILE_FORMAT)
-    builder.download_and_prepare()
-    out[name] = {s: _read(builder.as_data_source(split=s)) for s in SPLITS}
-  return out
+  return fixtures.build_synth(str(tmp_path_factory.mktemp('tfds')), ('tiny', 'tiny_noisy'),
+                              SPLITS)
 
 
 def _noise(record) -> dict:

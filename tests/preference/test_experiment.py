@@ -195,3 +195,26 @@ def test_the_script_lists_its_steps_and_refuses_bad_flags(tmp_path):
     assert result.returncode in (2, 3), result.stderr
     assert result.stderr.startswith('error: ') and message in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_baselines_are_evaluated_tabulated_and_plotted_but_not_targets(tmp_path):
+  runs_dir = tmp_path / 'runs'
+  plan = experiment.Plan(out=str(tmp_path), apar=str(runs_dir / 'apar'),
+                         sot=str(runs_dir / 'seq'))
+  evaluate = plan.steps()[-1]
+  assert f',apar={runs_dir / "apar"}' in next(a for a in evaluate.argv if a.startswith('--pasta'))
+  assert f'--sot=sot={runs_dir / "seq"}' in evaluate.argv
+  assert set(plan.eval_settings()['baselines']) == {'apar', 'sot'}
+  assert 'baselines' not in experiment.Plan(out=str(tmp_path)).eval_settings()
+  results = good_results(plan)
+  results['apar'] = summary(90.0, 1.2)   # dominated by every stage-2 model
+  results['sot'] = summary(99.5, 0.5)    # better quality than all: dominated by none
+  write_results(plan, results)
+  points, sequential = experiment.load_points(plan)
+  plain = experiment.Plan(out=str(tmp_path))
+  assert experiment.targets(plan, points, sequential) == experiment.targets(
+      plain, points, sequential)
+  text, plot = experiment.run_report(plan)
+  assert os.path.getsize(plot) > 0
+  assert '| apar | 90.0 | 1.20x | 1.80x | clean_lam1_r1, ' in text
+  assert '| sot | 99.5 | 0.50x | 0.75x | none |' in text
