@@ -1,7 +1,9 @@
 """`python -m pasta_jax.annotate` end to end, against a scripted chat-completions
 server on 127.0.0.1 through the real `openai` client: outcomes and their files, fixes
 of invalid annotations, failed requests and exit statuses, a killed run that resumes
-without asking twice, and rules annotations that build as a pasta_jsonl dataset."""
+without asking twice, rules annotations that build as a pasta_jsonl dataset, and the
+whole chain: rules annotations -> pasta_jsonl -> tiny PASTA training -> evaluation
+against a sequential run."""
 
 import dataclasses
 import io
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import threading
 
+import ml_collections
 import pytest
 
 from pasta_jax import errors
@@ -22,6 +25,7 @@ from pasta_jax.chat import service as service_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.data import tfds_builders
+from configs import synth
 from tests import fixtures
 from tests.annotation import chat_server
 
@@ -57,14 +61,17 @@ def run_job(server, tmp_path, rows, **kwargs):
   return summary, counters, out.getvalue()
 
 
-def cli(*args, timeout=120, popen=False, api_key='test-key'):
-  """A subprocess running the command line (its Popen when `popen`), with
-  OPENAI_API_KEY=api_key in its environment (none when None) and no other OPENAI_*."""
+def cli(*args, timeout=120, popen=False, api_key='test-key', module='pasta_jax.annotate',
+        **environ):
+  """A subprocess running `module`'s command line (its Popen when `popen`), with
+  OPENAI_API_KEY=api_key in its environment (none when None), no other OPENAI_*, and
+  the variables of `environ`."""
   env = {k: v for k, v in os.environ.items() if not k.startswith('OPENAI_')}
-  env.update(PYTHONPATH=ROOT + os.pathsep + env.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  env.update(PYTHONPATH=ROOT + os.pathsep + env.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu',
+             **environ)
   if api_key is not None:
     env['OPENAI_API_KEY'] = api_key
-  command = [sys.executable, '-m', 'pasta_jax.annotate', *map(str, args)]
+  command = [sys.executable, '-m', module, *map(str, args)]
   if popen:
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -298,17 +305,25 @@ def test_tokenizer_settings(tmp_path):
     job_lib.lengths_for(dataclasses.replace(job, tokenizer=str(tmp_path / 'plain.model')))
 
 
-def test_rules_end_to_end_builds_a_pasta_jsonl_dataset(tmp_path):
-  examples = list(synthetic.generate('train', 24))
+def rules_annotate(tmp_path, examples: list[synthetic.Example]) -> list[dict]:
+  """The output rows of `python -m pasta_jax.annotate --annotator=rules` (lengths
+  counted by a synthetic tokenizer) over the examples' answers stripped of their tags,
+  in alpaca format with their family and facts (which pass through)."""
   data = write_jsonl(tmp_path / 'plain.jsonl', [
-      {'instruction': e.prompt, 'output': lang.strip(e.document()), 'family': e.family}
-      for e in examples])
+      {'instruction': e.prompt, 'output': lang.strip(e.document()), 'family': e.family,
+       'facts': e.facts} for e in examples])
   tok = fixtures.synthetic_tokenizer(50)
   tok.save(str(tmp_path / 'tok.model'))
-  result = cli('--input', data, '--output', tmp_path / 'train.jsonl', '--annotator=rules',
+  result = cli('--input', data, '--output', tmp_path / 'annotated.jsonl', '--annotator=rules',
                '--tokenizer', tmp_path / 'tok.model')
   assert result.returncode == 0, result.stderr
   assert 'annotated' in result.stdout and 'requests' not in result.stdout
+  return read_jsonl(tmp_path / 'annotated.jsonl')
+
+
+def test_rules_end_to_end_builds_a_pasta_jsonl_dataset(tmp_path):
+  examples = list(synthetic.generate('train', 24))
+  write_jsonl(tmp_path / 'train.jsonl', rules_annotate(tmp_path, examples))
   config = tfds_builders.PastaJsonlConfig(name='rules', paths={'train': str(tmp_path /
                                                                            'train.jsonl')})
   builder = tfds_builders.PastaJsonl(config=config, data_dir=str(tmp_path / 'tfds'),
@@ -320,8 +335,108 @@ def test_rules_end_to_end_builds_a_pasta_jsonl_dataset(tmp_path):
   rows = [source[i] for i in range(len(source))]
   assert sorted(records.decode_text(r['plain_response']) for r in rows) == sorted(
       e.plain for e in examples)
-  assert sorted(records.decode_text(r['family']) for r in rows) == sorted(
-      e.family for e in examples)
+  assert sorted((records.decode_text(r['family']), records.decode_text(r['facts']))
+                for r in rows) == sorted((e.family, e.facts) for e in examples)
   promises = sum(len(lang.parse(records.decode_text(r['annotated_response'])).promises)
                  for r in rows)
   assert promises == sum(len(e.document().promises) for e in examples)
+
+
+def jsonl_config(preset: str, paths: dict[str, str], data_dir: str, num_steps: int):
+  """`configs/synth.py:preset` reading the pasta_jsonl dataset of `paths` instead of
+  pasta_synth, trained `num_steps` steps (validated and saved at the last)."""
+  config = synth.get_config(preset)
+  config.data.name = 'pasta_jsonl'
+  config.data.jsonl_name = 'synth_rules'
+  config.data.jsonl_paths = ml_collections.ConfigDict(paths)
+  config.data.on_error = 'fail'
+  config.data.data_dir = data_dir
+  config.data.batch_size = 4
+  config.train.num_steps = config.eval.every_steps = num_steps
+  config.checkpoint.every_steps = num_steps
+  return config
+
+
+fast_compiles = pytest.fixture(fixtures.fast_compiles)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures('fast_compiles')
+def test_rules_annotations_train_a_pasta_model_that_is_evaluated(tmp_path):
+  """The whole chain: synthetic answers stripped, annotated by the rules (command
+  line), built as a pasta_jsonl dataset, a tiny PASTA model and its sequential
+  baseline trained on it a few steps, and `python -m pasta_jax.evaluate` on the
+  held-out prompts of the dataset's test split, scored by their family's checker
+  with the facts that came through the dataset."""
+  # pylint: disable=g-import-not-at-top
+  from pasta_jax import comparison
+  from pasta_jax.training import loop
+  from pasta_jax.training import metrics
+  # pylint: enable=g-import-not-at-top
+  train, validation = synthetic.generate('train', 24), synthetic.generate('validation', 8)
+  examples = [*train, *validation]
+  annotated = rules_annotate(tmp_path, examples)
+  assert [r['prompt'] for r in annotated] == [e.prompt for e in examples]  # all, in order
+  # The held-out prompts, families and facts the evaluation reads (their answers are
+  # the plain references: the test split's responses are never read).
+  test = list(synthetic.generate('test', 2))
+  paths = {'train': write_jsonl(tmp_path / 'train.jsonl', annotated[:24]),
+           'validation': write_jsonl(tmp_path / 'validation.jsonl', annotated[24:]),
+           'test': write_jsonl(tmp_path / 'test.jsonl', [
+               {'prompt': e.prompt, 'annotated_response': e.plain, 'family': e.family,
+                'facts': e.facts} for e in test])}
+  workdirs = {'pasta': str(tmp_path / 'pasta'), 'sequential': str(tmp_path / 'sequential')}
+  # tiny_apar: the tiny model with room for the rules' longer answers.
+  presets = {'pasta': 'tiny_apar', 'sequential': 'tiny_sequential'}
+  results = {mode: loop.train_and_evaluate(
+      jsonl_config(presets[mode], paths, str(tmp_path / 'tfds'), num_steps=3),
+      workdirs[mode], stream=io.StringIO()) for mode in workdirs}
+  for mode, workdir in workdirs.items():
+    assert results[mode].step == 3
+    with open(os.path.join(workdir, 'config.json'), encoding='utf-8') as f:
+      data = json.load(f)['data']
+    assert (data['name'], data['jsonl_name'], data['mode']) == ('pasta_jsonl', 'synth_rules',
+                                                                 mode)
+    assert data['jsonl_paths'] == paths
+    (logged,) = [r for r in metrics.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+                 if r['split'] == 'train']
+    # PASTA trained on the promises' bodies as async targets; the baseline on none.
+    assert logged['main_targets'] > 0
+    assert (logged['async_targets'] > 0) == (mode == 'pasta')
+    assert (results[mode].eval['async_targets'] > 0) == (mode == 'pasta')
+
+  out = tmp_path / 'eval'
+  result = cli(f'--pasta={workdirs["pasta"]}', f'--sequential={workdirs["sequential"]}',
+               f'--out={out}', '--max_steps=32', '--cache_size=256', '--cache_stages=',
+               '--round_widths=8', module='pasta_jax.evaluate', timeout=900,
+               JAX_DISABLE_MOST_OPTIMIZATIONS='1')  # the tests' speed-up for tiny models
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(out / 'results.json', encoding='utf-8') as f:
+    evaluation = json.load(f)
+  rows = evaluation['prompts']
+  # Every held-out prompt, read from the run's pasta_jsonl test split, in order.
+  assert [(r['prompt'], r['family']) for r in rows] == [(e.prompt, e.family) for e in test]
+  for row in rows:
+    assert row['pasta_status'] != 'prompt_too_long' != row['baseline_status']
+    # Scored by the family's checker against the facts that came through the dataset.
+    for model in ('pasta', 'baseline'):
+      assert 0.0 <= row[f'{model}_quality'] <= 1.0
+    assert row['pasta_tokens'] == len(row['timeline']) and row['pasta_steps'] >= 1
+    assert row['theoretical_speedup'] == pytest.approx(row['baseline_tokens']
+                                                       / row['pasta_steps'])
+    assert row['parallelism'] == pytest.approx(row['pasta_tokens'] / row['pasta_steps'])
+    assert row['wallclock_speedup'] == pytest.approx(row['baseline_decode_seconds']
+                                                     / row['pasta_decode_seconds'])
+  summary = evaluation['summary']
+  assert set(summary) == {e.family for e in test} | {'all'}
+  overall = summary['all']
+  assert overall['prompts'] == overall['decoded'] == len(test)
+  assert overall['pasta_quality'] == pytest.approx(
+      100 * sum(r['pasta_quality'] for r in rows) / len(rows))
+  assert overall['theoretical_speedup'] == pytest.approx(
+      comparison.geomean([r['theoretical_speedup'] for r in rows]))
+  assert overall['realised_over_theoretical'] == pytest.approx(
+      overall['wallclock_speedup'] / overall['theoretical_speedup'])
+  assert f'| all | {len(test)} |' in result.stdout
+  with open(out / 'alpaca_eval_pasta.json', encoding='utf-8') as f:
+    assert [o['output'] for o in json.load(f)] == [r['pasta_text'] for r in rows]
