@@ -18,9 +18,12 @@ Then, on a host (or every worker of a TPU pod: scripts/launch_tpu_pod.sh):
   python -m pasta_jax.train --config configs/gemma_sft.py:7b --workdir runs/gemma7b_pasta \
       --config.data.jsonl_paths.train=data/train.jsonl \
       --config.data.jsonl_paths.validation=data/validation.jsonl \
+      --config.data.jsonl_paths.test=data/test.jsonl \
       --config.tokenizer.path=gemma/tokenizer.model --config.init.checkpoint=ckpt/gemma-7b
   python -m pasta_jax.train --config configs/gemma_sft.py:7b_sequential \
       --workdir runs/gemma7b_sequential ...   (the same overrides)
+
+(The test split is optional: `python -m pasta_jax.evaluate` decodes it by default.)
 
 It trains `train.num_epochs` = 4 epochs of packed batches (the step count is
 measured from the data at the start), validates every 500 steps, checkpoints
@@ -55,8 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data.name = 'pasta_jsonl'
   config.data.jsonl_name = 'pasta_sft'
+  # An empty path: no such split ('test' is there to be given on the command line,
+  # for `python -m pasta_jax.evaluate`, whose default split it is).
   config.data.jsonl_paths = ml_collections.ConfigDict({
-      'train': 'data/train.jsonl', 'validation': 'data/validation.jsonl'})
+      'train': 'data/train.jsonl', 'validation': 'data/validation.jsonl', 'test': ''})
   config.data.on_error = 'skip'  # drop and count bad lines (LLM annotations have some)
   config.data.data_dir = ''
   config.data.mode = 'sequential' if arg.endswith('_sequential') else 'pasta'

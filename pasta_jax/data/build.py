@@ -84,10 +84,17 @@ def builder(data_config, data_dir: str | None = None, *, prepare: bool = True,
   return result
 
 
+def jsonl_splits(data_config) -> dict:
+  """`jsonl_paths` {split: path or paths} without the splits given no file (an empty
+  string or list), so that a config can offer a split to fill in on the command line
+  (configs/gemma_sft.py's `test`)."""
+  return {split: paths for split, paths in dict(data_config.jsonl_paths).items() if paths}
+
+
 def _jsonl_builder(data_config, data_dir: str):
   from pasta_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   config = tfds_builders.PastaJsonlConfig(
-      name=data_config.jsonl_name, paths=dict(data_config.jsonl_paths),
+      name=data_config.jsonl_name, paths=jsonl_splits(data_config),
       on_error=data_config.get('on_error', 'fail'),
       quantum=data_config.get('quantum', lang.DEFAULT_QUANTUM),
       max_promise_tokens=data_config.get('max_promise_tokens',
@@ -100,7 +107,7 @@ def build_command(data_config, data_dir: str) -> str:
   """The command line that builds the pasta_jsonl dataset `data_config` names."""
   words = ['python', '-m', 'pasta_jax.data.build', '--dataset=pasta_jsonl',
            f'--name={data_config.jsonl_name}']
-  for split, paths in dict(data_config.jsonl_paths).items():
+  for split, paths in jsonl_splits(data_config).items():
     words += [f'--{split}={path}' for path in ((paths,) if isinstance(paths, str) else paths)]
   from pasta_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
   for key, default in (('on_error', 'fail'), ('quantum', lang.DEFAULT_QUANTUM),

@@ -29,7 +29,7 @@ def data_sources(data: ml_collections.ConfigDict, splits: Sequence[str]) -> dict
   or a setting changed since: the message gives the command that rebuilds it).
   """
   if data.name == 'pasta_jsonl':
-    for split, paths in dict(data.jsonl_paths).items():
+    for split, paths in build.jsonl_splits(data).items():
       for path in ((paths,) if isinstance(paths, str) else tuple(paths)):
         if os.path.isdir(path):
           raise ConfigError(f'config.data.jsonl_paths[{split!r}]: {path!r} is a directory, '

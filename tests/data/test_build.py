@@ -10,8 +10,10 @@ import sys
 import ml_collections
 import pytest
 
+from pasta_jax import config as config_lib
 from pasta_jax import errors
 from pasta_jax.data import build
+from pasta_jax.data import sources
 from pasta_jax.data import tfds_builders
 
 # Long (training, subprocesses, compilation): CI runs it on the newest Python only.
@@ -95,6 +97,19 @@ def test_empty_split_names_split_and_file(tmp_path):
       rf"^split 'train': every line of {bad} is bad \(2 skipped: .*'invalid JSON': 1.*\); "
       'build with --on_error=fail')):
     build.builder(data)
+
+
+def test_a_split_given_no_file_is_left_out(tmp_path):
+  """configs/gemma_sft.py offers `test: ''`, to be filled in on the command line."""
+  good = write(tmp_path / 'train.jsonl', [GOOD])
+  data = jsonl_config(tmp_path, 'o', jsonl_paths={'train': good, 'test': '', 'validation': []})
+  assert sorted(sources.data_sources(data, ['train'])) == ['train']
+  assert sorted(build.builder(data).info.splits) == ['train']
+  assert build.build_command(data, 'D') == (
+      f'python -m pasta_jax.data.build --dataset=pasta_jsonl --name=o --train={good} '
+      '--data_dir=D')
+  with pytest.raises(config_lib.ConfigError, match=r"has no split\(s\) \['test'\]"):
+    sources.data_sources(data, ['test'])
 
 
 def test_changed_inputs_rebuild_or_refuse(tmp_path):
