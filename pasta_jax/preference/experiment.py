@@ -459,9 +459,9 @@ def plot(plan: Plan, points: Mapping[str, pareto.Point], sequential: pareto.Poin
         ax.scatter([p.speedup], [p.quality], s=50, color=colour,
                    marker=markers[(r - 1) % len(markers)],
                    label=f'lambda {lam_name(lam)}, round {r}')
-    for name, marker in zip(plan.baselines(), 'hp'):
+    for (name, marker, colour) in zip(plan.baselines(), 'DP', ('tab:orange', 'tab:brown')):
       b = points[name]
-      ax.scatter([b.speedup], [b.quality], s=80, marker=marker, c='tab:orange',
+      ax.scatter([b.speedup], [b.quality], s=80, marker=marker, c=colour,
                  edgecolors='black', label=f'{name} (baseline)')
     line = pareto.front(family)
     ax.plot([p.speedup for p in line], [p.quality for p in line], '--', c='grey', lw=1,
