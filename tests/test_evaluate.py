@@ -114,6 +114,7 @@ def _evaluate_cli(*args):
                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow  # over 25 s on 2 cores: the newest Python only (CI's budget)
 def test_end_to_end_short(runs, tmp_path):
   """The README's main command, shortened: the evaluate CLI on two trained runs (the
   training half is the `runs` fixture: the same training loop the train CLI runs)."""

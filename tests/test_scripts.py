@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # over 25 s on 2 cores: the newest Python only (CI's budget)
 def test_bench_interpreter_runs_and_its_decoders_agree():
   out = subprocess.run(
       [sys.executable, 'scripts/bench_interpreter.py', '--presets', 'tiny', '--tokens', '8',

@@ -106,6 +106,7 @@ def test_hoisted_weights_are_made_once_per_params(tok, model):
   assert not np.allclose(again.logits[0], first.logits[0], atol=1e-3)
 
 
+@pytest.mark.slow  # over 25 s on 2 cores: the newest Python only (CI's budget)
 @pytest.mark.parametrize('sequential', [False, True], ids=['pasta', 'sequential'])
 def test_cache_stages_change_nothing(tok, model, sequential):
   """Decoding through growing cache stages equals decoding on the whole cache."""
@@ -128,6 +129,7 @@ def test_cache_stages_change_nothing(tok, model, sequential):
     assert any(len(r.threads) > 1 for r in results[()])
 
 
+@pytest.mark.slow  # over 25 s on 2 cores: the newest Python only (CI's budget)
 def test_generate_timed_times_prefill_and_decode_apart(tok, model):
   config, params = model
   interp = Interpreter(config, params, tok, InterpreterConfig(

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from pasta_jax import runs
 from pasta_jax.models import checkpoint as model_checkpoint
@@ -29,6 +30,7 @@ def test_sharded_step_equals_single_device_step(tfds_dir):
   assert 'sharded step == single-device step' in _run('step', tfds_dir)
 
 
+@pytest.mark.slow  # over 25 s on 2 cores: the newest Python only (CI's budget)
 def test_resume_on_another_device_count_and_load_sharded(interrupted, tfds_dir, tmp_path):
   straight, stopped, root = interrupted
   assert stopped.step == 6

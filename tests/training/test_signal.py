@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from pasta_jax.training import checkpointing
 from pasta_jax.training import loop
@@ -31,6 +32,7 @@ def _last_step(workdir):
     return 0
 
 
+@pytest.mark.slow  # over 25 s on 2 cores: the newest Python only (CI's budget)
 def test_sigterm_saves_and_exits_cleanly_then_resumes_exactly(tfds_dir, tmp_path):
   workdir = str(tmp_path / 'killed')
   args = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
