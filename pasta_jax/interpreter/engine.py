@@ -75,7 +75,7 @@ class Engine:
     written = entry[None, :] < prompt_len_B[:, None]
     entry_thread = jnp.where(written, 0, NO_THREAD).astype(jnp.int32)
     entry_clock = jnp.broadcast_to(entry, (b, c_size))
-    empty = jax.tree.map(lambda x: x[:, :0], cache)
+    empty = cache_lib.truncate_cache(cache, 0)
     logits, entries = self.model.apply(
         {'params': params}, prompt_BT, positions, (meta_q, meta_q), cache=empty,
         logits_index=(prompt_len_B - 1)[:, None], write_cache=False)
@@ -155,7 +155,7 @@ class Engine:
   def first_stage(self, cache: Any, prompt_length: int) -> Any:
     """`cache` cut to the first stage that holds a prompt of `prompt_length`."""
     first = next(n for n in self.config.stages if n >= prompt_length)
-    return jax.tree.map(lambda x: x[:, :first], cache)
+    return cache_lib.truncate_cache(cache, first)
 
   def decode(self, params: Any, state: State, requests: Requests,
              hoisted: Any | None = None) -> State:

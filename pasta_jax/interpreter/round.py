@@ -251,8 +251,7 @@ class Round:
           full = jnp.zeros((b, s, logits.shape[-1]), logits.dtype).at[rows, slots].set(logits)
         # Entries of the columns past `width` are zeros; their slots are not fed,
         # so their index drops them.
-        pad = lambda x: jnp.pad(x, [(0, 0), (0, s - width)] + [(0, 0)] * (x.ndim - 2))
-        return sampled, full, jax.tree.map(pad, entries)
+        return sampled, full, cache_lib.grow_cache(entries, s)
       return branch
 
     needed = jnp.max(fed_BS.sum(axis=1))

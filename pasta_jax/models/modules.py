@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from pasta_jax.models import layers
+from pasta_jax.models import cache as cache_lib
 from pasta_jax.models.cache import LayerCache, write_layer
 from pasta_jax.models.config import AttentionType, TransformerConfig
 
@@ -50,6 +51,23 @@ class Embedder(nn.Module):
     table = self.input_embedding.astype(self.config.dtype)
     return jnp.einsum('BTD,VD->BTV', x_BTD, table,
                       preferred_element_type=jnp.float32)
+
+
+def _split_written(mask_BTS: jax.Array, index_BT: jax.Array) -> jax.Array:
+  """The mask [B, T, S] of queries over a cache after T writes, as a mask
+  [B, T, S + T] over the cache before them, then the T written entries.
+
+  Entry `index[b, t]` holds the t-th new token after the writes, so the old
+  entry there is hidden and the new token's column is that entry's column;
+  an index outside [0, S) is a dropped write (`cache.write_at`), whose token no
+  query sees.
+  """
+  s = mask_BTS.shape[2]
+  valid_BT = (index_BT >= 0) & (index_BT < s)
+  written_BS = jnp.any((index_BT[:, :, None] == jnp.arange(s)) & valid_BT[:, :, None], axis=1)
+  new_BTT = jnp.take_along_axis(mask_BTS, jnp.clip(index_BT, 0, s - 1)[:, None, :], axis=2)
+  return jnp.concatenate([mask_BTS & ~written_BS[:, None, :],
+                          new_BTT & valid_BT[:, None, :]], axis=2)
 
 
 class Attention(nn.Module):
@@ -96,27 +114,28 @@ class Attention(nn.Module):
     k_BTKH = layers.constrain(k_BTKH, ('batch', 'length', 'kv_heads', 'kv'))
     v_BTKH = layers.constrain(v_BTKH, ('batch', 'length', 'kv_heads', 'kv'))
 
+    # The new tokens' entries in the cache layout: keys [B, K, H, T], values
+    # [B, K, T, H] (cache.py), the layouts the two products below read.
+    new = cache_lib.entries(k_BTKH, v_BTKH, positions_BT)
     if cache is None:
       new_cache = None
-      k_BSKH, v_BSKH, key_positions_BS = k_BTKH, v_BTKH, positions_BT
-    elif not write_cache:
-      # Read-only cache: the keys are the S cached entries as they are, then the
-      # T new tokens (the mask's key axis is S + T); the new entries go back to
-      # the caller, who writes them (cache.write_entries).
-      new_cache = LayerCache(k=k_BTKH, v=v_BTKH, positions=positions_BT)
-      k_BSKH = (cache.k.astype(cfg.dtype), k_BTKH)
-      v_BSKH = (cache.v.astype(cfg.dtype), v_BTKH)
-      key_positions_BS = jnp.concatenate([cache.positions, positions_BT], axis=1)
+      k_parts, v_parts, key_positions_BS = (new.k,), (new.v,), positions_BT
     else:
-      # The T new keys/values go to the caller's cache indices (any order,
-      # gaps allowed); attention then runs over every cache entry, the new
-      # ones included, and the mask alone decides which are visible.
-      new_cache = write_layer(
-          cache, cache_index_BT,
-          LayerCache(k=k_BTKH, v=v_BTKH, positions=positions_BT))
-      k_BSKH = new_cache.k.astype(cfg.dtype)
-      v_BSKH = new_cache.v.astype(cfg.dtype)
-      key_positions_BS = new_cache.positions
+      # The keys are the S cached entries as they are, then the T new tokens
+      # (key axis S + T): attention reads the cache as it came in and never a
+      # written copy of it. Read-only (`write_cache=False`), the caller's mask
+      # already has S + T columns and the new entries go back to the caller
+      # (cache.write_entries). Otherwise they are written at `cache_index_BT`
+      # here, and the caller's mask, which describes the cache after the
+      # writes, is split into the two parts (`_split_written`). Attending to
+      # the written cache instead would make XLA:CPU copy the whole cache
+      # every step to keep its write in place (docs/benchmarks.md).
+      new_cache = new
+      if write_cache:
+        mask_BTS = _split_written(mask_BTS, cache_index_BT)
+      k_parts = (cache.k.astype(cfg.dtype), new.k)
+      v_parts = (cache.v.astype(cfg.dtype), new.v)
+      key_positions_BS = jnp.concatenate([cache.positions, positions_BT], axis=1)
 
     if self.attn_type == AttentionType.LOCAL_SLIDING:
       # The window compares stored positions, not cache offsets: query at
@@ -132,12 +151,10 @@ class Attention(nn.Module):
     # Query head index = kv head * G + group member (as Gemma and HF order them).
     # Keys in one array, or in parts (read-only cache, then the new tokens) whose
     # logits are joined before the softmax: the cache itself is never copied.
-    k_parts = k_BSKH if isinstance(k_BSKH, tuple) else (k_BSKH,)
-    v_parts = v_BSKH if isinstance(v_BSKH, tuple) else (v_BSKH,)
     # Logits in the natural layout of the batched product (batch B, kv head K,
     # then queries, then keys): no transposes around the softmax.
     logits_BKTGS = jnp.concatenate(
-        [jnp.einsum('BTKGH,BSKH->BKTGS', q_BTKGH, part,
+        [jnp.einsum('BTKGH,BKHS->BKTGS', q_BTKGH, part,
                     preferred_element_type=jnp.float32) for part in k_parts], axis=-1)
     # Soft-cap first, then mask (Gemma 2 order).
     logits_BKTGS = layers.soft_cap(logits_BKTGS, cfg.attn_logits_soft_cap)
@@ -145,8 +162,8 @@ class Attention(nn.Module):
     probs_BKTGS = jax.nn.softmax(logits_BKTGS, axis=-1).astype(v_parts[0].dtype)
     encoded_BKTGH, start = 0, 0
     for part in v_parts:
-      size = part.shape[1]
-      encoded_BKTGH += jnp.einsum('BKTGS,BSKH->BKTGH',
+      size = part.shape[2]
+      encoded_BKTGH += jnp.einsum('BKTGS,BKSH->BKTGH',
                                   probs_BKTGS[..., start:start + size], part)
       start += size
     encoded_BTKGH = encoded_BKTGH.transpose(0, 2, 1, 3, 4)
@@ -155,6 +172,18 @@ class Attention(nn.Module):
     out_BTD = einsum((n, h, d), ('heads', 'head_dim', 'embed'),
                      layers.fan_in_init((0, 1), 2), 'attn_vec_einsum')(
                          'BTNH,NHD->BTD', encoded_BTNH)
+    if cache is not None and write_cache:
+      # The writes must come after every read of the cache, or XLA copies the
+      # whole cache (every layer, every step) to keep the old entries for the
+      # products while it updates the cache in place. Nothing orders them: the
+      # new entries do not depend on attention. So each row's indices are made
+      # to depend on its attention output, through a test that holds for no
+      # value (NaN included: `x > inf` is False) and that XLA does not fold.
+      # Under the default sharding rules every device already holds its rows'
+      # output (batch-sharded, replicated over heads): no collective is added.
+      never_B = out_BTD[:, 0, 0] > jnp.inf
+      index_BT = jnp.where(never_B[:, None], cache.positions.shape[1], cache_index_BT)
+      new_cache = write_layer(cache, index_BT, new)
     return out_BTD, new_cache
 
 

@@ -3,7 +3,7 @@
 Mesh axes are ('data', 'fsdp', 'tensor'). Params carry the logical names
 'vocab', 'embed', 'heads', 'kv_heads', 'head_dim', 'mlp'; activations 'batch',
 'length', 'embed', 'heads', 'kv_heads', 'kv', 'mlp', 'vocab'; the cache 'batch',
-'cache_length', 'kv_heads', 'head_dim'. Names without a rule stay unsharded.
+'kv_heads', 'head_dim', 'cache_length'. Names without a rule stay unsharded.
 
 Activations are constrained only under `jax.set_mesh(mesh)` (a mesh with Auto
 axes) together with `flax.linen.logical_axis_rules(rules)`; elsewhere the

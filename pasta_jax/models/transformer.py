@@ -40,7 +40,7 @@ import numpy as np
 
 from pasta_jax import masks
 from pasta_jax.models import layers
-from pasta_jax.models.cache import Cache, LayerCache
+from pasta_jax.models.cache import Cache, LayerCache, layer_shapes
 from pasta_jax.models.config import TransformerConfig
 from pasta_jax.models.modules import Block, Embedder
 
@@ -130,18 +130,18 @@ class Transformer(nn.Module):
     if not length:
       raise ValueError('cache positions must be [B, S]')
     s = length[0]
-    kv_shape = (b, s, cfg.num_kv_heads, cfg.head_dim)
+    k_shape, v_shape, positions_shape = layer_shapes(cfg, b, s)
     for name in names:
       c = cache[name]
       if not isinstance(c, LayerCache):
         raise ValueError(f'cache[{name!r}] must be a LayerCache, got '
                          f'{type(c).__name__}')
-      if (_shape(c.k), _shape(c.v), _shape(c.positions)) != (kv_shape, kv_shape,
-                                                             (b, s)):
+      if (_shape(c.k), _shape(c.v), _shape(c.positions)) != (k_shape, v_shape,
+                                                             positions_shape):
         raise ValueError(
             f'cache[{name!r}] has k {_shape(c.k)}, v {_shape(c.v)}, positions '
-            f'{_shape(c.positions)}; expected k, v {kv_shape} and positions '
-            f'{(b, s)}')
+            f'{_shape(c.positions)}; expected k {k_shape}, v {v_shape} and positions '
+            f'{positions_shape} (see init_cache)')
     return s if write_cache else s + t
 
   @nn.compact

@@ -144,7 +144,7 @@ def test_generate_timed_times_prefill_and_decode_apart(tok, model):
   assert (result.ids, result.status, result.steps, result.timeline) == (
       expected.ids, expected.status, expected.steps, expected.timeline)
   state = interp.prefill(interp.prepare([ids]), first_stage=True)
-  assert state.capacity == 48 and state.cache['layer_0'].k.shape[1] == 48
+  assert state.capacity == 48 and models.cache_length(state.cache) == 48
 
 
 def test_batch_equals_one_request_at_a_time(tok, model):

@@ -79,10 +79,11 @@ def run(config, workdir):
                                      jax.tree.map(put, (meta, key_meta)),
                                      cache, put(index))
   assert logits.sharding.spec[0] == ('data', 'fsdp'), logits.sharding
-  cache_k = new_cache['layer_1'].k.sharding
-  assert cache_k.is_equivalent_to(
-      NamedSharding(mesh, P(('data', 'fsdp'), None, kv_expected, None)), 4), (
-          cache_k)
+  # k [B, K, H, S] and v [B, K, S, H]: batch over data+fsdp, kv heads over tensor.
+  for field in ('k', 'v'):
+    got = getattr(new_cache['layer_1'], field).sharding
+    assert got.is_equivalent_to(
+        NamedSharding(mesh, P(('data', 'fsdp'), kv_expected, None, None)), 4), (field, got)
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(step, expected_step, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(new_cache['layer_1'].k, expected_cache['layer_1'].k,

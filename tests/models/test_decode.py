@@ -72,9 +72,12 @@ def test_cache_writes_scatter_and_drop():
                                         index)
   layer = new['layer_0']
   np.testing.assert_array_equal(layer.positions, [[0, 0, 0, 0, 10, 0]])
-  k = np.asarray(layer.k)
-  assert np.abs(k[0, 4]).sum() > 0
-  assert np.abs(np.delete(k[0], 4, axis=0)).sum() == 0
+  for name, axis in cache_lib.ENTRY_AXIS.items():
+    if name == 'positions':
+      continue
+    x = np.moveaxis(np.asarray(getattr(layer, name))[0], axis - 1, 0)  # [S, ...]
+    assert np.abs(x[4]).sum() > 0
+    assert np.abs(np.delete(x, 4, axis=0)).sum() == 0
 
 
 def test_logits_index_selects_positions():
@@ -113,7 +116,11 @@ def test_read_only_cache_errors():
   logits, entries = model.apply({'params': params}, tokens, positions, mask, cache,
                                 write_cache=False)
   assert logits.shape == (B, 2, config.vocab_size)
-  assert entries['layer_0'].k.shape == (B, 2, config.num_kv_heads, config.head_dim)
+  # The new entries are a cache of T = 2 entries in the cache layout.
+  k_shape, v_shape, positions_shape = cache_lib.layer_shapes(config, B, 2)
+  assert entries['layer_0'].k.shape == k_shape == (B, config.num_kv_heads, config.head_dim, 2)
+  assert entries['layer_0'].v.shape == v_shape == (B, config.num_kv_heads, 2, config.head_dim)
+  assert entries['layer_0'].positions.shape == positions_shape
 
 
 def test_grow_cache_appends_empty_entries():
@@ -123,15 +130,21 @@ def test_grow_cache_appends_empty_entries():
   grown = cache_lib.grow_cache(filled, 7)
   assert cache_lib.cache_length(grown) == 7
   for name, layer in grown.items():
-    for old, new in zip(jax.tree.leaves(filled[name]), jax.tree.leaves(layer)):
-      assert new.shape[1] == 7 and new.dtype == old.dtype
-      np.testing.assert_array_equal(new[:, :4], old)
-      assert not np.asarray(new[:, 4:]).any()
+    for field, axis in cache_lib.ENTRY_AXIS.items():
+      old, new = np.asarray(getattr(filled[name], field)), np.asarray(getattr(layer, field))
+      assert new.shape[axis] == 7 and new.dtype == old.dtype
+      np.testing.assert_array_equal(np.take(new, np.arange(4), axis), old)
+      assert not np.take(new, np.arange(4, 7), axis).any()
+  # truncate_cache cuts the same axes back.
+  for old, new in zip(jax.tree.leaves(filled), jax.tree.leaves(cache_lib.truncate_cache(grown, 4))):
+    np.testing.assert_array_equal(new, old)
+  with pytest.raises(ValueError, match='fewer than length=8'):
+    cache_lib.truncate_cache(grown, 8)
   same = cache_lib.grow_cache(filled, 4)  # the same length: allowed, nothing added
   for old, new in zip(jax.tree.leaves(filled), jax.tree.leaves(same)):
     np.testing.assert_array_equal(new, old)
   with pytest.raises(ValueError, match='has 4 entries, more than length=3'):
     cache_lib.grow_cache(filled, 3)
-  mixed = {**cache, 'layer_0': jax.tree.map(lambda x: x[:, :2], cache['layer_0'])}
+  mixed = {**cache, 'layer_0': cache_lib.truncate_cache({'l': cache['layer_0']}, 2)['l']}
   with pytest.raises(ValueError, match='disagree on the number of entries: \\[2, 4\\]'):
     cache_lib.cache_length(mixed)

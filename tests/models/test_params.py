@@ -115,6 +115,6 @@ def test_every_weight_has_logical_axes():
                                                    'head_dim')
   assert flat_axes['layer_0/mlp/gating_einsum'] == (None, 'mlp', 'embed')
   cache_axes = cache_lib.cache_logical_axes(config)['layer_3']
-  assert tuple(cache_axes.k) == ('batch', 'cache_length', 'kv_heads',
-                                 'head_dim')
+  assert tuple(cache_axes.k) == ('batch', 'kv_heads', 'head_dim', 'cache_length')
+  assert tuple(cache_axes.v) == ('batch', 'kv_heads', 'cache_length', 'head_dim')
   assert tuple(cache_axes.positions) == ('batch', 'cache_length')
