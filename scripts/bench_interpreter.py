@@ -19,19 +19,17 @@ r"""Interpreter benchmarks; prints Markdown tables (numbers go to docs/benchmark
 
 from __future__ import annotations
 
-import time
-
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pasta_jax import benchmarking
 from pasta_jax import cli
 from pasta_jax import errors
 from pasta_jax import layout
 from pasta_jax import models
-from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.interpreter import Interpreter, InterpreterConfig
@@ -40,29 +38,6 @@ _PRESETS = flags.DEFINE_list('presets', ['small', 'base100m'], 'Model presets to
 _SLOTS = flags.DEFINE_integer('slots', 8, 'Thread slots of the active-slot table.')
 _TOKENS = flags.DEFINE_integer('tokens', 128, 'Tokens per sequential-mode generation.')
 _RUNS = flags.DEFINE_integer('runs', 5, 'Interleaved timing runs (the minimum is kept).')
-
-
-def _interleaved(fns, runs):
-  """Minimum time of each function over `runs` rounds that run them in turn.
-
-  Interleaving and the minimum make the ratios robust to a noisy shared host.
-  """
-  for fn in fns.values():
-    fn()  # compile and warm up
-  best = {name: float('inf') for name in fns}
-  for _ in range(runs):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      best[name] = min(best[name], time.perf_counter() - start)
-  return best
-
-
-def _tokenizer():
-  texts = []
-  for example in synthetic.generate('train', 1000):
-    texts += [example.prompt, example.plain]
-  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=512, max_promise_tokens=100)
 
 
 def _ban(tok, *tokens):
@@ -108,7 +83,7 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
     return lambda: jax.block_until_ready(run(interp.params, hoisted, state).out_len)
 
   # Every k in each pass (the first timing of a process runs slow on this VM).
-  best = _interleaved({k: rounds_of(state) for k, state in states.items()}, runs)
+  best = benchmarking.interleaved({k: rounds_of(state) for k, state in states.items()}, runs)
   return [(k, best[k] / rounds * 1e3, k * rounds / best[k]) for k in states]
 
 
@@ -160,7 +135,7 @@ def bench_sequential(config, params, tok, tokens, runs):
   fns = {'hand': lambda: jax.block_until_ready(hand(params)),
          'seq': interp_fn(seq, ban),
          'pasta': interp_fn(pasta, {**ban, **_ban(tok, c.promise)})}
-  t = _interleaved(fns, runs)
+  t = benchmarking.interleaved(fns, runs)
   t_hand, t_seq, t_pasta = t['hand'], t['seq'], t['pasta']
   # The same tokens: the interpreter's sequential mode and the hand loop agree.
   hand_tokens = np.asarray(hand(params))
@@ -193,7 +168,7 @@ def main(argv):
                             f'{sorted(models.PRESETS)}')
   cli.check_positive(_TOKENS, _RUNS)
   cli.check_flag(_SLOTS, _SLOTS.value >= 2, 'an int >= 2')
-  tok = _tokenizer()
+  tok = benchmarking.synthetic_tokenizer()
   print(f'jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} device(s)\n')
   for preset in _PRESETS.value:
     config = models.get_config(preset, vocab_size=max(tok.vocab_size, 512))

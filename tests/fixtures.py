@@ -4,8 +4,8 @@ from typing import Iterator
 
 import jax
 
+from pasta_jax import benchmarking
 from pasta_jax import tokenizer as tokenizer_lib
-from pasta_jax.data import synthetic
 
 
 def fast_compiles() -> Iterator[None]:
@@ -21,10 +21,7 @@ def fast_compiles() -> Iterator[None]:
 def synthetic_tokenizer(num_examples: int) -> tokenizer_lib.Tokenizer:
   """A small tokenizer trained on the prompts and plain answers of the first
   `num_examples` synthetic training examples."""
-  texts = []
-  for example in synthetic.generate('train', num_examples):
-    texts += [example.prompt, example.plain]
-  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=400, max_promise_tokens=100)
+  return benchmarking.synthetic_tokenizer(num_examples, vocab_size=400)
 
 
 def build_synth(data_dir: str, configs: tuple[str, ...],

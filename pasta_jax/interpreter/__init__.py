@@ -7,9 +7,9 @@ cache, all threads decoded in lockstep inside one `lax.while_loop`.
 
 `engine` holds the jittable core (prefill, step, generate) over `state.State`, `round`
 one decode round, `threads` the fork/sync state machine, `record` forcing and the log
-of samples, `layouts` the decode loop's weight layouts, `grammar` the
-per-slot logit masks, `sampling` the samplers, `api` the host-level API and
-`results` what it returns.
+of samples, `forcing` the forcing rows of whole answers (host side), `layouts` the
+decode loop's weight layouts, `grammar` the per-slot logit masks, `sampling` the
+samplers, `api` the host-level API and `results` what it returns.
 """
 
 from pasta_jax.interpreter.api import (Batch, Interpreter, PromptTooLongError, Result,

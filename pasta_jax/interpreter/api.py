@@ -426,10 +426,12 @@ class Interpreter:
 
   def generate_timed(self, prompt_ids: np.ndarray, *, seed: int = 0,
                      temperature: float = 0.0, prefix: Sequence[int] | None = None,
+                     forced: np.ndarray | None = None,
                      logit_bias: dict[int, float] | None = None
                      ) -> tuple[Result, Timing]:
     """One request (batch 1) and the seconds its prefill and its decode ran
-    (`prefix`, `logit_bias`: as in `prepare`).
+    (`prefix`, `logit_bias`: as in `prepare`; `forced`: the request's
+    [max_threads + 1, F] row of `prepare`'s).
 
     The prefill and the decode rounds run as two jitted programs (`prefill`
     into the first cache stage, then `decode`: the computation `generate` runs
@@ -446,7 +448,9 @@ class Interpreter:
       return (results_lib.prompt_too_long(length, self.too_long_detail(length)),
               Timing(prefill_seconds=0.0, decode_seconds=0.0))
     batch = self.prepare([prompt_ids], temperature=temperature, seeds=[seed],
-                         prefix=None if prefix is None else [prefix], logit_bias=logit_bias)
+                         prefix=None if prefix is None else [prefix],
+                         forced=None if forced is None else np.asarray(forced)[None],
+                         logit_bias=logit_bias)
     self.hoisted_params()  # made once per interpreter, like a compilation
     start = time.perf_counter()
     state = jax.block_until_ready(self.prefill(batch, first_stage=True))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from pasta_jax import models
-from pasta_jax import tokens as tokens_lib
 from pasta_jax.data import synthetic
+from pasta_jax.interpreter import forcing
 
 from tests import fixtures
 
@@ -43,14 +43,8 @@ DOCUMENTS = [
 
 def forced_threads(response, control, num_thread_ids, width=192):
   """[P, width] forced tokens per thread: main tokens, then each body + </async>."""
-  scan = tokens_lib.scan(response, control)
-  forced = np.full((num_thread_ids, width), -1, np.int32)
-  main = response[scan.thread == 0]
-  forced[0, :len(main)] = main
-  for k in range(1, scan.num_threads + 1):
-    sampled = response[scan.thread == k][1:]  # <async> is inserted, not sampled
-    forced[k, :len(sampled)] = sampled
-  return forced
+  return forcing.thread_forcing(forcing.thread_tokens(response, control), num_thread_ids,
+                                width)
 
 
 def synthetic_documents(count):
