@@ -22,6 +22,9 @@ from pasta_jax.training import loop
 from configs import synth
 from tests import fixtures
 
+# One worker runs this module, so its module fixtures are made once (setup.cfg).
+pytestmark = pytest.mark.xdist_group('evaluate')
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 

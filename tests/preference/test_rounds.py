@@ -29,7 +29,7 @@ from configs import synth_po
 from tests import fixtures
 
 # Long (training, subprocesses, compilation): CI runs it on the newest Python only.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('rounds')]
 
 
 _fast_compiles = pytest.fixture(scope='module', autouse=True)(fixtures.fast_compiles)

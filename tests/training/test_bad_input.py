@@ -25,7 +25,7 @@ from tests.training.conftest import RESUMABLE
 from tests.training.conftest import tiny_config
 
 # Long (training, subprocesses, compilation): CI runs it on the newest Python only.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('bad_input')]
 
 
 @pytest.fixture

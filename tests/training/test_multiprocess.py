@@ -34,7 +34,7 @@ from tests.training.conftest import ROOT
 from configs import synth
 
 # Long (training, subprocesses, compilation): CI runs it on the newest Python only.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('multiprocess')]
 
 WORKER = os.path.join(ROOT, 'tests', 'training', 'multiprocess_worker.py')
 TIMEOUT_S = 300  # per phase; the whole file takes one to two minutes

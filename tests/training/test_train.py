@@ -22,6 +22,9 @@ from pasta_jax.training import step as step_lib
 from tests.training.conftest import RESUMABLE
 from tests.training.conftest import tiny_config
 
+# One worker runs this module, so its module fixtures are made once (setup.cfg).
+pytestmark = pytest.mark.xdist_group('train')
+
 
 def _metrics(workdir, split):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
