@@ -19,19 +19,17 @@ r"""Interpreter benchmarks; prints Markdown tables (numbers go to docs/benchmark
 
 from __future__ import annotations
 
-import time
-
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_common import ban, interleaved, synthetic_tokenizer  # scripts/ is on sys.path
 from pasta_jax import cli
 from pasta_jax import errors
 from pasta_jax import layout
 from pasta_jax import models
-from pasta_jax import tokenizer as tokenizer_lib
 from pasta_jax.data import encoding
 from pasta_jax.data import synthetic
 from pasta_jax.interpreter import Interpreter, InterpreterConfig
@@ -42,33 +40,6 @@ _TOKENS = flags.DEFINE_integer('tokens', 128, 'Tokens per sequential-mode genera
 _RUNS = flags.DEFINE_integer('runs', 5, 'Interleaved timing runs (the minimum is kept).')
 
 
-def _interleaved(fns, runs):
-  """Minimum time of each function over `runs` rounds that run them in turn.
-
-  Interleaving and the minimum make the ratios robust to a noisy shared host.
-  """
-  for fn in fns.values():
-    fn()  # compile and warm up
-  best = {name: float('inf') for name in fns}
-  for _ in range(runs):
-    for name, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      best[name] = min(best[name], time.perf_counter() - start)
-  return best
-
-
-def _tokenizer():
-  texts = []
-  for example in synthetic.generate('train', 1000):
-    texts += [example.prompt, example.plain]
-  return tokenizer_lib.train_tokenizer(texts, None, vocab_size=512, max_promise_tokens=100)
-
-
-def _ban(tok, *tokens):
-  return {t: -1e9 for t in tokens}
-
-
 def bench_active_slots(config, params, tok, slots, runs, rounds=16):
   """Round time with k slots active, k = 1..slots."""
   icfg = InterpreterConfig(slots=slots, max_threads=slots, cache_size=64 + rounds * slots + 8,
@@ -76,7 +47,7 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
   interp = Interpreter(config, params, tok, icfg, buckets=(64,))
   c = tok.control
   batch = interp.prepare([np.arange(3, 3 + 40, dtype=np.int32) % 300 + 30],
-                         logit_bias=_ban(tok, c.async_close, c.eos, c.promise, c.sync))
+                         logit_bias=ban(c.async_close, c.eos, c.promise, c.sync))
   requests = batch.requests
   state0 = interp.prefill(batch)
   engine = interp.engine
@@ -108,7 +79,7 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
     return lambda: jax.block_until_ready(run(interp.params, hoisted, state).out_len)
 
   # Every k in each pass (the first timing of a process runs slow on this VM).
-  best = _interleaved({k: rounds_of(state) for k, state in states.items()}, runs)
+  best = interleaved({k: rounds_of(state) for k, state in states.items()}, runs)
   return [(k, best[k] / rounds * 1e3, k * rounds / best[k]) for k in states]
 
 
@@ -146,7 +117,7 @@ def bench_sequential(config, params, tok, tokens, runs):
   c = tok.control
   prompt = np.concatenate([[tok.bos_id], tok.encode_text('count from 3 to 9\n')]).astype(np.int32)
   cache_size = 32 + tokens + 8
-  ban = _ban(tok, c.eos)
+  no_eos = ban(c.eos)
   seq = Interpreter(config, params, tok, InterpreterConfig(
       slots=1, mode='sequential', cache_size=cache_size, max_steps=tokens + 1), buckets=(32,))
   pasta = Interpreter(config, params, tok, InterpreterConfig(
@@ -158,13 +129,13 @@ def bench_sequential(config, params, tok, tokens, runs):
     return lambda: jax.block_until_ready(interp.generate_batch(batch).out_len)
 
   fns = {'hand': lambda: jax.block_until_ready(hand(params)),
-         'seq': interp_fn(seq, ban),
-         'pasta': interp_fn(pasta, {**ban, **_ban(tok, c.promise)})}
-  t = _interleaved(fns, runs)
+         'seq': interp_fn(seq, no_eos),
+         'pasta': interp_fn(pasta, ban(c.eos, c.promise))}
+  t = interleaved(fns, runs)
   t_hand, t_seq, t_pasta = t['hand'], t['seq'], t['pasta']
   # The same tokens: the interpreter's sequential mode and the hand loop agree.
   hand_tokens = np.asarray(hand(params))
-  seq_tokens = [t for _, _, t in seq.generate_ids([prompt], logit_bias=ban)[0].timeline]
+  seq_tokens = [t for _, _, t in seq.generate_ids([prompt], logit_bias=no_eos)[0].timeline]
   agree = bool(np.array_equal(hand_tokens, seq_tokens[:tokens]))
   return t_hand, t_seq, t_pasta, agree
 
@@ -193,7 +164,7 @@ def main(argv):
                             f'{sorted(models.PRESETS)}')
   cli.check_positive(_TOKENS, _RUNS)
   cli.check_flag(_SLOTS, _SLOTS.value >= 2, 'an int >= 2')
-  tok = _tokenizer()
+  tok = synthetic_tokenizer()
   print(f'jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} device(s)\n')
   for preset in _PRESETS.value:
     config = models.get_config(preset, vocab_size=max(tok.vocab_size, 512))
