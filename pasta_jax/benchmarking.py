@@ -73,6 +73,12 @@ def random_model(preset: str, tok: tokenizer_lib.Tokenizer, *, dtype: str | None
   return config, models.init_params(config, jax.random.key(seed))
 
 
+def ban(*tokens: int) -> dict[int, float]:
+  """A logit bias (`Interpreter.prepare(logit_bias=...)`) that keeps `tokens`
+  from being sampled."""
+  return {t: -1e9 for t in tokens}
+
+
 def interleaved(fns: Mapping[str, Callable[[], object]], runs: int, *,
                 own_timing: bool = False, progress: str | None = None) -> dict:
   """The minimum seconds of each function over `runs` passes that call them in

@@ -40,10 +40,6 @@ _TOKENS = flags.DEFINE_integer('tokens', 128, 'Tokens per sequential-mode genera
 _RUNS = flags.DEFINE_integer('runs', 5, 'Interleaved timing runs (the minimum is kept).')
 
 
-def _ban(tok, *tokens):
-  return {t: -1e9 for t in tokens}
-
-
 def bench_active_slots(config, params, tok, slots, runs, rounds=16):
   """Round time with k slots active, k = 1..slots."""
   icfg = InterpreterConfig(slots=slots, max_threads=slots, cache_size=64 + rounds * slots + 8,
@@ -51,7 +47,7 @@ def bench_active_slots(config, params, tok, slots, runs, rounds=16):
   interp = Interpreter(config, params, tok, icfg, buckets=(64,))
   c = tok.control
   batch = interp.prepare([np.arange(3, 3 + 40, dtype=np.int32) % 300 + 30],
-                         logit_bias=_ban(tok, c.async_close, c.eos, c.promise, c.sync))
+                         logit_bias=benchmarking.ban(c.async_close, c.eos, c.promise, c.sync))
   requests = batch.requests
   state0 = interp.prefill(batch)
   engine = interp.engine
@@ -121,7 +117,7 @@ def bench_sequential(config, params, tok, tokens, runs):
   c = tok.control
   prompt = np.concatenate([[tok.bos_id], tok.encode_text('count from 3 to 9\n')]).astype(np.int32)
   cache_size = 32 + tokens + 8
-  ban = _ban(tok, c.eos)
+  ban = benchmarking.ban(c.eos)
   seq = Interpreter(config, params, tok, InterpreterConfig(
       slots=1, mode='sequential', cache_size=cache_size, max_steps=tokens + 1), buckets=(32,))
   pasta = Interpreter(config, params, tok, InterpreterConfig(
@@ -134,7 +130,7 @@ def bench_sequential(config, params, tok, tokens, runs):
 
   fns = {'hand': lambda: jax.block_until_ready(hand(params)),
          'seq': interp_fn(seq, ban),
-         'pasta': interp_fn(pasta, {**ban, **_ban(tok, c.promise)})}
+         'pasta': interp_fn(pasta, {**ban, **benchmarking.ban(c.promise)})}
   t = benchmarking.interleaved(fns, runs)
   t_hand, t_seq, t_pasta = t['hand'], t['seq'], t['pasta']
   # The same tokens: the interpreter's sequential mode and the hand loop agree.
