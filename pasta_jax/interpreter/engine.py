@@ -222,18 +222,16 @@ class Engine:
       return go
 
     def rounds(state: State) -> State:
-      """`rounds_per_check` rounds, the first one checked by the loop; each later
-      one changes nothing once `go` fails (`step_if`), so a request stops, and
-      the stage ends, at the round they would with a check per round. The inner
-      loop has a known trip count: XLA:GPU runs it without reading a condition
-      back."""
-      state = self.step(params, state, requests, hoisted)
-      if chunk > 1:
-        state = jax.lax.fori_loop(
-            1, chunk, lambda _, st: self.step_if(go(st), params, st, requests, hoisted), state)
-      return state
+      """`rounds_per_check` rounds; each changes nothing once `go` fails
+      (`step_if`), so a request stops, and the stage ends, at the round they
+      would with a check per round. One round in an inner loop, not several
+      unrolled: the round compiles once, and with a known trip count XLA:GPU
+      runs the loop without reading a condition back."""
+      return jax.lax.fori_loop(
+          0, chunk, lambda _, st: self.step_if(go(st), params, st, requests, hoisted), state)
 
-    return jax.lax.while_loop(go, rounds, state)
+    step = lambda st: self.step(params, st, requests, hoisted)
+    return jax.lax.while_loop(go, step if chunk == 1 else rounds, state)
 
   def grow(self, state: State, size: int) -> State:
     """The state with its cache padded to `size` entries (empty, invisible)."""
