@@ -26,7 +26,7 @@ OVERRIDES = {
     'max_topic_tokens': 5, 'max_thread_tokens': 50,
     'position_strategy': PositionStrategy('fixed', 7), 'top_k': 5, 'use_top_p': True,
     'record_logits': True, 'hoist_layouts': False, 'cache_stages': (64,),
-    'round_widths': (1, 8),
+    'round_widths': (1, 8), 'rounds_per_check': 2,
 }
 
 

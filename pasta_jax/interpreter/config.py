@@ -55,6 +55,16 @@ class InterpreterConfig:
       width there); on accelerators (S,) (a small round's cost hardly depends
       on its width, and the conditional costs every round a wait for its
       branch index; docs/benchmarks.md has the measurements).
+    rounds_per_check: decode rounds each iteration of the decode loop runs
+      before the loop tests whether to go on (`Engine.decode`). On a GPU each
+      test copies the loop condition to the host and waits for it, so the
+      launches of the next round wait too. A round run after the test would
+      have stopped the loop (every request stopped, the budget spent, or, in a
+      cache stage, a round that might not fit) changes nothing, so the results
+      are exactly those of one round per test; the price is up to
+      rounds_per_check - 1 idle rounds of compute when a loop ends. None: 4 on
+      GPUs, 1 on the CPU and TPUs (they test the condition without a host
+      round trip).
   """
 
   mode: Mode = Mode.PASTA
@@ -71,6 +81,7 @@ class InterpreterConfig:
   hoist_layouts: bool | None = None
   cache_stages: tuple[int, ...] = ()
   round_widths: tuple[int, ...] | None = None
+  rounds_per_check: int | None = None
 
   def __post_init__(self) -> None:
     object.__setattr__(self, 'mode', Mode.parse(self.mode))
@@ -108,6 +119,10 @@ class InterpreterConfig:
       if not widths or widths[0] < 1 or widths[-1] != self.slots:
         raise ValueError(f'round_widths {widths}: expected strictly increasing widths '
                          f'>= 1 that end with slots = {self.slots}')
+    if self.rounds_per_check is not None and (
+        not isinstance(self.rounds_per_check, int) or isinstance(self.rounds_per_check, bool)
+        or self.rounds_per_check < 1):
+      raise ValueError(f'rounds_per_check must be an integer >= 1, got {self.rounds_per_check!r}')
 
   def _increasing_ints(self, name: str) -> tuple[int, ...]:
     """Field `name` as a tuple (a list from a config file is fine too), checked
@@ -121,8 +136,8 @@ class InterpreterConfig:
     return values
 
   def for_backend(self, backend: str) -> 'InterpreterConfig':
-    """This config with the settings left to the backend (`hoist_layouts` and
-    `round_widths` None) resolved for `backend` ('cpu', 'tpu', 'gpu'): what the
+    """This config with the settings left to the backend (`hoist_layouts`,
+    `round_widths` and `rounds_per_check` None) resolved for `backend` ('cpu', 'tpu', 'gpu'): what the
     programs compiled for that backend run. The interpreter resolves them for
     `jax.default_backend()`; a program compiled ahead of time for another
     backend (`pasta_jax.pod`) resolves them for its target."""
@@ -132,7 +147,11 @@ class InterpreterConfig:
       s = self.slots
       widths = ((s,) if backend != 'cpu' else
                 tuple(sorted({1 << i for i in range(s.bit_length()) if 1 << i < s} | {s})))
-    return dataclasses.replace(self, hoist_layouts=hoist, round_widths=widths)
+    rounds = self.rounds_per_check
+    if rounds is None:
+      rounds = 4 if backend in ('gpu', 'cuda', 'rocm') else 1
+    return dataclasses.replace(self, hoist_layouts=hoist, round_widths=widths,
+                               rounds_per_check=rounds)
 
   @property
   def sequential(self) -> bool:

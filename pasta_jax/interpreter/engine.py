@@ -3,7 +3,8 @@
 Everything a generation needs lives in one fixed-shape `state.State`; `prefill`
 writes the prompts and samples each request's first token, `step` runs one decode
 round for every request (`round`), and `generate` runs the rounds inside one
-`lax.while_loop`, so the host never looks at a token between rounds. The cache and
+`lax.while_loop`, so the host never looks at a token between rounds (and, with
+`rounds_per_check`, tests the loop's condition every few rounds only). The cache and
 clock invariants are written in `state`, the thread state machine's in `threads`.
 """
 
@@ -27,6 +28,10 @@ from pasta_jax.models import cache as cache_lib
 from pasta_jax.models import transformer
 from pasta_jax.models.config import TransformerConfig
 
+# A status only `Engine.step_if` sets, and resets in the same round: the request
+# is not RUNNING, so the round leaves it alone.
+_HELD = -1
+
 
 def decoding_model(model_config: TransformerConfig) -> transformer.Transformer:
   """The model the interpreter runs: `model_config` without remat. Remat is a
@@ -48,6 +53,12 @@ class Engine:
   def widths(self) -> tuple[int, ...]:
     """Query widths a PASTA round is compiled for (`round.Round.widths`)."""
     return self.round.widths
+
+  @property
+  def rounds_per_check(self) -> int:
+    """Rounds per test of the decode loop's condition
+    (`InterpreterConfig.rounds_per_check`, resolved for the default backend)."""
+    return self.config.for_backend(jax.default_backend()).rounds_per_check
 
   # -- construction ----------------------------------------------------------
 
@@ -131,6 +142,23 @@ class Engine:
       return self.round.sequential(self.round.weights(params, hoisted, 1), state, requests)
     return self.round.pasta(params, hoisted, state, requests)
 
+  def step_if(self, go: jax.Array, params: Any, state: State, requests: Requests,
+              hoisted: Any | None = None) -> State:
+    """`step` where the bool scalar `go` holds; else `state` unchanged, without a
+    conditional (on a GPU a conditional waits for its predicate on the host).
+
+    A round changes only requests whose status is RUNNING (every change of
+    `round.Round` and `threads` is masked by it: they feed no slot, write no
+    cache entry, log nothing and keep their status and steps) and the round
+    counter. So the round runs with every request HELD, then their statuses
+    and the counter are put back.
+    """
+    status = state.status
+    held = state.replace(status=jnp.where(go, status, _HELD),
+                         round=state.round - (~go).astype(jnp.int32))
+    state = self.step(params, held, requests, hoisted)
+    return state.replace(status=jnp.where(go, state.status, status))
+
   # -- the whole generation --------------------------------------------------
 
   def hoist(self, params: Any,
@@ -172,20 +200,38 @@ class Engine:
     cfg = self.config
     if hoisted is None:
       hoisted = self.hoist(params)
-    body = lambda st: self.step(params, st, requests, hoisted=hoisted)
     for size in (n for n in cfg.stages if n >= state.capacity):
-      state = self.grow(state, size)
-      last = size == cfg.cache_size
-
-      def cond(state: State, last: bool = last) -> jax.Array:
-        running = state.status == RUNNING
-        go = jnp.any(running) & (state.round < cfg.max_steps)
-        if not last:  # every running request has room for a full round
-          go &= jnp.all(~running | (state.ptr + cfg.slots <= state.capacity))
-        return go
-
-      state = jax.lax.while_loop(cond, body, state)
+      state = self.decode_stage(params, self.grow(state, size), requests, hoisted)
     return state.replace(status=jnp.where(state.status == RUNNING, BUDGET, state.status))
+
+  def decode_stage(self, params: Any, state: State, requests: Requests,
+                   hoisted: Any) -> State:
+    """The rounds of one cache stage (`decode`): until every request stops, the
+    budget is spent or, on a stage smaller than `cache_size`, a running request
+    might not fit another round. Statuses stay RUNNING at the budget."""
+    cfg = self.config
+    last = state.capacity == cfg.cache_size
+    chunk = self.rounds_per_check
+
+    def go(state: State) -> jax.Array:
+      """Whether the loop runs another round."""
+      running = state.status == RUNNING
+      go = jnp.any(running) & (state.round < cfg.max_steps)
+      if not last:  # every running request has room for a full round
+        go &= jnp.all(~running | (state.ptr + cfg.slots <= state.capacity))
+      return go
+
+    def rounds(state: State) -> State:
+      """`rounds_per_check` rounds; each changes nothing once `go` fails
+      (`step_if`), so a request stops, and the stage ends, at the round they
+      would with a check per round. One round in an inner loop, not several
+      unrolled: the round compiles once, and with a known trip count XLA:GPU
+      runs the loop without reading a condition back."""
+      return jax.lax.fori_loop(
+          0, chunk, lambda _, st: self.step_if(go(st), params, st, requests, hoisted), state)
+
+    step = lambda st: self.step(params, st, requests, hoisted)
+    return jax.lax.while_loop(go, step if chunk == 1 else rounds, state)
 
   def grow(self, state: State, size: int) -> State:
     """The state with its cache padded to `size` entries (empty, invisible)."""

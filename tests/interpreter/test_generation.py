@@ -277,13 +277,14 @@ def test_round_widths_from_a_config_list():
 
 
 def test_backend_defaults():
-  """hoist_layouts and round_widths left to the backend: the CPU's, or an
-  accelerator's (what a program compiled ahead of time for a TPU runs)."""
+  """hoist_layouts, round_widths and rounds_per_check left to the backend: the
+  CPU's, or an accelerator's (what a program compiled ahead of time for a TPU runs)."""
   config = InterpreterConfig(slots=8)
   cpu, tpu = config.for_backend('cpu'), config.for_backend('tpu')
   assert (cpu.hoist_layouts, cpu.round_widths) == (True, (1, 2, 4, 8))
   assert (tpu.hoist_layouts, tpu.round_widths) == (False, (8,))
-  given = InterpreterConfig(slots=8, hoist_layouts=False, round_widths=(2, 8))
+  given = InterpreterConfig(slots=8, hoist_layouts=False, round_widths=(2, 8),
+                            rounds_per_check=2)
   assert given.for_backend('cpu') == given
 
 
