@@ -135,11 +135,11 @@ class Engine:
     """One decode round for every running request (`round.Round`).
 
     `hoisted`: optional `hoist(params)`, the decode loop's weight layouts
-    (transposed back where the model reads them).
+    (read as they are stored by the round's model, `Round.model_for`).
     """
     state = state.replace(round=state.round + 1)
     if self.config.sequential:
-      return self.round.sequential(self.round.weights(params, hoisted, 1), state, requests)
+      return self.round.sequential(params, hoisted, state, requests)
     return self.round.pasta(params, hoisted, state, requests)
 
   def step_if(self, go: jax.Array, params: Any, state: State, requests: Requests,

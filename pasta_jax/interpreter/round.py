@@ -53,9 +53,18 @@ class Round:
 
   def weights(self, params: Any, hoisted: Any | None, width: int) -> Any:
     """The weights of a model call at `width` tokens per request: `params`, or
-    the hoisted layouts transposed back (`layouts.unhoist`)."""
-    return params if hoisted is None else layouts.unhoist(hoisted, params,
-                                                          self.layouts(width))
+    with the hoisted layouts those the call's model reads permuted
+    (`layouts.select`; `model` gives that model)."""
+    return params if hoisted is None else layouts.select(hoisted, params,
+                                                         self.layouts(width))
+
+  def model_for(self, width: int, hoisted: Any | None) -> nn.Module:
+    """The model of a call at `width` tokens per request: with the hoisted
+    layouts, one that reads its permuted weights as they are stored."""
+    if hoisted is None:
+      return self.model
+    perms = layouts.model_layouts(self.layouts(width))
+    return self.model.clone(layouts=perms) if perms else self.model
 
   def sample(self, state: State, logits_BWV: jax.Array, slots_BW: jax.Array,
              requests: Requests) -> jax.Array:
@@ -125,9 +134,10 @@ class Round:
     return threads.advance(state, token, logits, fed, state.slot_token, requests,
                            config=self.config, tables=self.tables)
 
-  def sequential(self, params: Any, state: State, requests: Requests) -> State:
+  def sequential(self, params: Any, hoisted: Any | None, state: State,
+                 requests: Requests) -> State:
     """A round of the sequential decoder (S = 1, no tags), without thread
-    bookkeeping: a plain KV-cache step (`params` as the model reads them).
+    bookkeeping: a plain KV-cache step (`hoisted`: as in `weights`).
 
     One thread writes the cache contiguously, so an entry's clock is its index and
     the metadata of `masks.visibility_mask` is causal (entry_thread is not
@@ -151,9 +161,9 @@ class Round:
                                    written.astype(jnp.int32))
     query_meta = masks.AttentionMeta(zeros_q, index, index, index,
                                      fed[:, None].astype(jnp.int32))
-    logits, cache = self.model.apply(
-        {'params': params}, state.slot_token, state.slot_pos, (query_meta, key_meta),
-        cache=state.cache, cache_index=index)
+    logits, cache = self.model_for(1, hoisted).apply(
+        {'params': self.weights(params, hoisted, 1)}, state.slot_token, state.slot_pos,
+        (query_meta, key_meta), cache=state.cache, cache_index=index)
     # Sample among text and EOS (the whole grammar of sequential mode).
     allowed = jnp.asarray(self.tables.is_text) | (jnp.arange(self.tables.vocab_size)
                                                    == self.c.eos)
@@ -193,8 +203,8 @@ class Round:
     branches only read the cache (`write_cache=False`: keys = the cache, then the
     fed tokens) and return the new entries, written after the switch: a cache
     that went through the conditional would be copied into and out of it every
-    round. Hoisted weights are transposed back inside each branch, where XLA
-    folds the transposes into the products.
+    round. With hoisted weights each branch's model reads them as they are
+    stored (`model_for`).
 
     Returns the tokens [B, S], the logits [B, S, V] (record_logits; else None)
     and the cache.
@@ -209,8 +219,8 @@ class Round:
       keys = masks.AttentionMeta(*(jnp.concatenate([c, n], axis=1)
                                    for c, n in zip(cache_meta, new_keys)))
       weights = self.weights(params, hoisted, width)
-      return self.model.apply({'params': weights}, token, pos, (query, keys), cache=cache,
-                              write_cache=False)
+      return self.model_for(width, hoisted).apply(
+          {'params': weights}, token, pos, (query, keys), cache=cache, write_cache=False)
 
     if widths == (s,):
       # Every round runs every slot, in slot order: no partition, no conditional

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import string
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Initializer = nn.initializers.Initializer
 
@@ -20,11 +22,54 @@ def fan_in_init(in_axis, out_axis, batch_axis=()) -> Initializer:
       batch_axis=batch_axis)
 
 
+# Weights stored with their axes permuted: ((param name, permutation), ...), the
+# permutation as jnp.transpose takes it (stored = transpose(canonical, perm)).
+# A model given these reads those weights in that layout (`Einsum.perm`,
+# `Embedder`); the decode loop uses it to read weights in the layout its
+# products want instead of transposing them every step (interpreter/layouts.py).
+Layouts = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def layout_of(layouts: Layouts, name: str) -> tuple[int, ...] | None:
+  """The permutation `layouts` gives param `name`, or None."""
+  return dict(layouts).get(name)
+
+
+def permuted_init(init: Initializer, perm: tuple[int, ...] | None) -> Initializer:
+  """`init`, its result transposed by `perm` (shape given in the stored order)."""
+  if perm is None:
+    return init
+  inverse = tuple(int(i) for i in np.argsort(perm))
+  return lambda key, shape, dtype=jnp.float32: jnp.transpose(
+      init(key, tuple(shape[i] for i in inverse), dtype), perm)
+
+
+def _merge_contracted(eqn: str, x: jax.Array, w: jax.Array) -> tuple[str, jax.Array, jax.Array]:
+  """An equation 'xs,ws->out' whose contracted letters end x's subscripts and
+  begin w's in the same order (e.g. 'BTNH,NHD->BTD'), rewritten to contract one
+  merged axis (reshapes, free in row-major layouts). jnp.einsum would contract
+  the letters in an order of its own, and XLA then transposes the weight."""
+  inputs, out = eqn.split('->')
+  xs, ws = inputs.split(',')
+  shared = ''.join(c for c in ws if c in xs and c not in out)
+  n = len(shared)
+  if n < 2 or not xs.endswith(shared) or not ws.startswith(shared):
+    return eqn, x, w
+  size = int(np.prod(w.shape[:n]))
+  x = x.reshape(*x.shape[:len(xs) - n], size)
+  w = w.reshape(size, *w.shape[n:])
+  merged = next(c for c in string.ascii_letters if c not in eqn)
+  return f'{xs[:-n]}{merged},{merged}{ws[n:]}->{out}', x, w
+
+
 class Einsum(nn.Module):
   """A weight `w` of a fixed shape, contracted with the input by an equation.
 
   The weight carries logical axis names (`axes`, one per dimension) and is
-  cast to `dtype` (the activation dtype) before the product.
+  cast to `dtype` (the activation dtype) before the product. `shape`, `axes`,
+  `init` and the equation name the weight's axes in their canonical order (the
+  checkpoints'); with `perm` the weight is stored permuted (`Layouts`), and the
+  product reads it so, with the same result.
   """
 
   shape: tuple[int, ...]
@@ -32,12 +77,20 @@ class Einsum(nn.Module):
   init: Initializer
   dtype: str = 'float32'
   param_dtype: str = 'float32'
+  perm: tuple[int, ...] | None = None
 
   @nn.compact
   def __call__(self, eqn: str, x: jax.Array) -> jax.Array:
-    w = self.param('w', nn.with_logical_partitioning(self.init, self.axes),
-                   self.shape, jnp.dtype(self.param_dtype))
-    return jnp.einsum(eqn, x, w.astype(self.dtype))
+    perm = self.perm or tuple(range(len(self.shape)))
+    w = self.param('w', nn.with_logical_partitioning(
+        permuted_init(self.init, self.perm), tuple(self.axes[i] for i in perm)),
+                   tuple(self.shape[i] for i in perm), jnp.dtype(self.param_dtype))
+    if self.perm is not None:
+      inputs, out = eqn.split('->')
+      xs, ws = inputs.split(',')
+      eqn = f'{xs},{"".join(ws[i] for i in perm)}->{out}'
+    eqn, x, w = _merge_contracted(eqn, x, w.astype(self.dtype))
+    return jnp.einsum(eqn, x, w)
 
 
 class RMSNorm(nn.Module):

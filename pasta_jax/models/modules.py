@@ -24,32 +24,50 @@ K_MASK = -2.3819763e38
 
 
 class Embedder(nn.Module):
-  """Input embedding scaled by sqrt(D); the same table gives the logits."""
+  """Input embedding scaled by sqrt(D); the same table gives the logits.
+
+  `layouts` may store the table transposed ([D, V], `layers.Layouts`): the
+  logits' product then reads it as x @ W.
+  """
 
   config: TransformerConfig
+  layouts: layers.Layouts = ()
 
   def setup(self):
     cfg = self.config
+    self.perm = layers.layout_of(self.layouts, 'input_embedding')
+    if self.perm not in (None, (0, 1), (1, 0)):
+      raise ValueError(f'input_embedding: no layout {self.perm}')
+    axes, shape = ('vocab', 'embed'), (cfg.vocab_size, cfg.embed_dim)
+    order = self.perm or (0, 1)
     # Std 1/sqrt(D): scaled inputs then have unit entries and, through the
     # tied output, unit-variance logits at init.
     self.input_embedding = self.param(
         'input_embedding',
         nn.with_logical_partitioning(
-            nn.initializers.normal(stddev=cfg.embed_dim ** -0.5),
-            ('vocab', 'embed')),
-        (cfg.vocab_size, cfg.embed_dim), jnp.dtype(cfg.param_dtype))
+            layers.permuted_init(nn.initializers.normal(stddev=cfg.embed_dim ** -0.5),
+                                 self.perm),
+            tuple(axes[i] for i in order)),
+        tuple(shape[i] for i in order), jnp.dtype(cfg.param_dtype))
+
+  @property
+  def _transposed(self) -> bool:
+    return self.perm == (1, 0)
 
   def encode(self, tokens_BT: jax.Array) -> jax.Array:
     """[B, T] ids in [0, vocab_size) -> [B, T, D] in the activation dtype."""
     dtype = jnp.dtype(self.config.dtype)
-    x_BTD = self.input_embedding[tokens_BT].astype(dtype)
+    if self._transposed:
+      x_BTD = jnp.moveaxis(self.input_embedding[:, tokens_BT], 0, -1).astype(dtype)
+    else:
+      x_BTD = self.input_embedding[tokens_BT].astype(dtype)
     # The sqrt(D) factor is rounded to the activation dtype first, as in Gemma.
     return x_BTD * jnp.sqrt(self.config.embed_dim).astype(dtype)
 
   def decode(self, x_BTD: jax.Array) -> jax.Array:
     """Logits [B, T, V] in float32 (accumulated in float32)."""
     table = self.input_embedding.astype(self.config.dtype)
-    return jnp.einsum('BTD,VD->BTV', x_BTD, table,
+    return jnp.einsum('BTD,DV->BTV' if self._transposed else 'BTD,VD->BTV', x_BTD, table,
                       preferred_element_type=jnp.float32)
 
 
@@ -76,6 +94,7 @@ class Attention(nn.Module):
 
   config: TransformerConfig
   attn_type: AttentionType
+  layouts: layers.Layouts = ()
 
   @nn.compact
   def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None,
@@ -83,20 +102,25 @@ class Attention(nn.Module):
     cfg = self.config
     n, k, h, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.embed_dim
     einsum = lambda shape, axes, init, name: layers.Einsum(
-        shape, axes, init, cfg.dtype, cfg.param_dtype, name=name)
+        shape, axes, init, cfg.dtype, cfg.param_dtype,
+        perm=layers.layout_of(self.layouts, name), name=name)
 
+    # The stacked projections put their stacking axis C after the tokens: with
+    # the weight stored [D, C, ...] (the decode loop's layout, interpreter/
+    # layouts.py) the product is then x @ W as stored, with no copy of W.
     if cfg.use_qkv_einsum:
-      qkv = einsum((3, n, d, h), (None, 'heads', 'embed', 'head_dim'),
-                   layers.fan_in_init(2, (1, 3), 0), 'qkv_einsum')
-      q_BTNH, k_BTKH, v_BTKH = qkv('BTD,CNDH->CBTNH', x_BTD)
+      qkv_BTCNH = einsum((3, n, d, h), (None, 'heads', 'embed', 'head_dim'),
+                         layers.fan_in_init(2, (1, 3), 0), 'qkv_einsum')(
+                             'BTD,CNDH->BTCNH', x_BTD)
+      q_BTNH, k_BTKH, v_BTKH = (qkv_BTCNH[:, :, i] for i in range(3))
     else:
       q_BTNH = einsum((n, d, h), ('heads', 'embed', 'head_dim'),
                       layers.fan_in_init(1, (0, 2)), 'q_einsum')(
                           'BTD,NDH->BTNH', x_BTD)
-      k_BTKH, v_BTKH = einsum(
+      kv_BTCKH = einsum(
           (2, k, d, h), (None, 'kv_heads', 'embed', 'head_dim'),
-          layers.fan_in_init(2, (1, 3), 0), 'kv_einsum')('BTD,CKDH->CBTKH',
-                                                         x_BTD)
+          layers.fan_in_init(2, (1, 3), 0), 'kv_einsum')('BTD,CKDH->BTCKH', x_BTD)
+      k_BTKH, v_BTKH = kv_BTCKH[:, :, 0], kv_BTCKH[:, :, 1]
 
     if cfg.use_qk_norm:
       q_BTNH = layers.RMSNorm('head_dim', cfg.param_dtype,
@@ -195,6 +219,7 @@ class FeedForward(nn.Module):
   """
 
   config: TransformerConfig
+  layouts: layers.Layouts = ()
 
   @nn.compact
   def __call__(self, x_BTD):
@@ -206,8 +231,14 @@ class FeedForward(nn.Module):
     else:
       shape, axes, eqn = (2, d, f), (None, 'embed', 'mlp'), 'BTD,CDF->CBTF'
       init = layers.fan_in_init(1, 2, 0)
-    gating = self.param('gating_einsum', nn.with_logical_partitioning(init, axes),
-                        shape, jnp.dtype(cfg.param_dtype))
+    # Stored permuted when `layouts` says so (layers.Layouts): the equation's
+    # weight letters follow.
+    perm = layers.layout_of(self.layouts, 'gating_einsum') or (0, 1, 2)
+    xs, ws = eqn.split('->')[0].split(',')
+    eqn = f'{xs},{"".join(ws[i] for i in perm)}->{eqn.split("->")[1]}'
+    gating = self.param('gating_einsum', nn.with_logical_partitioning(
+        layers.permuted_init(init, perm), tuple(axes[i] for i in perm)),
+                        tuple(shape[i] for i in perm), jnp.dtype(cfg.param_dtype))
     gating = gating.astype(cfg.dtype)
     if x_BTD.shape[1] == 1:
       # One token (decoding): one matrix-vector product over both halves.
@@ -232,19 +263,20 @@ class Block(nn.Module):
 
   config: TransformerConfig
   attn_type: AttentionType
+  layouts: layers.Layouts = ()
 
   @nn.compact
   def __call__(self, x_BTD, positions_BT, mask_BTS, cache: LayerCache | None,
                cache_index_BT, write_cache: bool = True):
     cfg = self.config
     norm = lambda name: layers.RMSNorm('embed', cfg.param_dtype, name=name)
-    attn_BTD, new_cache = Attention(cfg, self.attn_type, name='attn')(
+    attn_BTD, new_cache = Attention(cfg, self.attn_type, self.layouts, name='attn')(
         norm('pre_attention_norm')(x_BTD), positions_BT, mask_BTS, cache,
         cache_index_BT, write_cache)
     if cfg.use_post_attn_norm:
       attn_BTD = norm('post_attention_norm')(attn_BTD)
     x_BTD = x_BTD + attn_BTD
-    ffw_BTD = FeedForward(cfg, name='mlp')(norm('pre_ffw_norm')(x_BTD))
+    ffw_BTD = FeedForward(cfg, self.layouts, name='mlp')(norm('pre_ffw_norm')(x_BTD))
     if cfg.use_post_ffw_norm:
       ffw_BTD = norm('post_ffw_norm')(ffw_BTD)
     x_BTD = layers.constrain(x_BTD + ffw_BTD, ('batch', 'length', 'embed'))

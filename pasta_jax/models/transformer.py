@@ -85,9 +85,15 @@ def attention_mask(attention, batch: int, length: int, keys: int) -> jax.Array:
 
 
 class Transformer(nn.Module):
-  """Gemma 1/2/3 text decoder (see the module docstring for the call)."""
+  """Gemma 1/2/3 text decoder (see the module docstring for the call).
+
+  `layouts` (`layers.Layouts`): weights given stored permuted, which the model
+  then reads in that layout (the interpreter's decode loop; the results are
+  the same). The default reads every weight in the checkpoints' layout.
+  """
 
   config: TransformerConfig
+  layouts: layers.Layouts = ()
 
   def _check_inputs(self, tokens_BT, positions_BT, cache, cache_index_BT,
                     write_cache: bool = True) -> int:
@@ -162,14 +168,14 @@ class Transformer(nn.Module):
     if cache_index is not None:
       cache_index = jnp.asarray(cache_index, jnp.int32)
 
-    embedder = Embedder(cfg, name='embedder')
+    embedder = Embedder(cfg, self.layouts, name='embedder')
     x_BTD = layers.constrain(embedder.encode(tokens_BT),
                              ('batch', 'length', 'embed'))
     block_cls = nn.remat(Block) if cfg.remat else Block
     new_cache = None if cache is None else {}
     for i, attn_type in enumerate(cfg.attention_types):
       name = f'layer_{i}'
-      x_BTD, layer_cache = block_cls(cfg, attn_type, name=name)(
+      x_BTD, layer_cache = block_cls(cfg, attn_type, self.layouts, name=name)(
           x_BTD, positions_BT, mask_BTS,
           None if cache is None else cache[name], cache_index, write_cache)
       if cache is not None:

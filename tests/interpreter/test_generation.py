@@ -92,6 +92,14 @@ def test_hoisted_weights_are_made_once_per_params(tok, model):
   assert interp.hoisted_params() is hoisted
   embedding = params['embedder']['input_embedding']
   np.testing.assert_array_equal(hoisted['embedder']['input_embedding'], np.asarray(embedding).T)
+  # The projections' weights (an einsum module's 'w') are hoisted too: stored
+  # [D, N, H] and [D, C, K, H], as the round's model reads them.
+  attn, hoisted_attn = params['layer_0']['attn'], hoisted['layer_0']['attn']
+  np.testing.assert_array_equal(hoisted_attn['q_einsum']['w'],
+                                np.transpose(attn['q_einsum']['w'], (1, 0, 2)))
+  np.testing.assert_array_equal(hoisted_attn['kv_einsum']['w'],
+                                np.transpose(attn['kv_einsum']['w'], (2, 0, 1, 3)))
+  assert hoisted_attn['attn_vec_einsum']['w'] is attn['attn_vec_einsum']['w']
   assert hoisted['final_norm']['scale'] is interp.params['final_norm']['scale']
   first = interp.generate('a prompt', temperature=0.0)[0]
   assert interp.hoisted_params() is hoisted

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,3 +169,35 @@ def test_config_validation():
   small = config_lib.get_config('small', vocab_size=1024)
   assert small.vocab_size == 1024
   assert config_lib.TransformerConfig.from_json(small.to_json()) == small
+
+
+@pytest.mark.parametrize('name', ['gemma1_mha', 'gemma1_mqa', 'gemma2_transposed', 'gemma3'])
+def test_a_model_reads_weights_stored_permuted(name):
+  """`Transformer(layouts=...)` on weights stored permuted computes what the
+  canonical model computes on the canonical weights (the decode loop's layouts)."""
+  config = helpers.CONFIGS[name]
+  params = helpers.params_for(config)
+  perms = {'input_embedding': (1, 0), 'q_einsum': (1, 0, 2), 'kv_einsum': (2, 0, 1, 3),
+           'qkv_einsum': (2, 0, 1, 3), 'gating_einsum': (0, 2, 1)}
+
+  def permute(path, x):
+    keys = [p.key for p in path]
+    perm = perms.get(keys[-2] if keys[-1] == 'w' else keys[-1])
+    return x if perm is None else jnp.transpose(x, perm)
+  stored = jax.tree_util.tree_map_with_path(permute, params)
+  changed = sum(a.shape != b.shape for a, b in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(stored)))
+  assert changed >= config.num_layers  # the test permutes something in every layer
+  layouts = tuple(sorted(perms.items()))
+  tokens = helpers.tokens_for(config, B, L, seed=1)
+  positions = np.broadcast_to(np.arange(L, dtype=np.int32), (B, L))
+  meta = helpers.causal(B, L)
+  expected, _ = transformer.Transformer(config).apply({'params': params}, tokens, positions,
+                                                     (meta, meta))
+  got, _ = transformer.Transformer(config, layouts=layouts).apply(
+      {'params': stored}, tokens, positions, (meta, meta))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  # The canonical weights do not fit the permuted model.
+  with pytest.raises(flax.errors.ScopeParamShapeError):
+    transformer.Transformer(config, layouts=layouts).apply({'params': params}, tokens,
+                                                           positions, (meta, meta))
