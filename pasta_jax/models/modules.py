@@ -71,23 +71,6 @@ class Embedder(nn.Module):
                       preferred_element_type=jnp.float32)
 
 
-def _split_written(mask_BTS: jax.Array, index_BT: jax.Array) -> jax.Array:
-  """The mask [B, T, S] of queries over a cache after T writes, as a mask
-  [B, T, S + T] over the cache before them, then the T written entries.
-
-  Entry `index[b, t]` holds the t-th new token after the writes, so the old
-  entry there is hidden and the new token's column is that entry's column;
-  an index outside [0, S) is a dropped write (`cache.write_at`), whose token no
-  query sees.
-  """
-  s = mask_BTS.shape[2]
-  valid_BT = (index_BT >= 0) & (index_BT < s)
-  written_BS = jnp.any((index_BT[:, :, None] == jnp.arange(s)) & valid_BT[:, :, None], axis=1)
-  new_BTT = jnp.take_along_axis(mask_BTS, jnp.clip(index_BT, 0, s - 1)[:, None, :], axis=2)
-  return jnp.concatenate([mask_BTS & ~written_BS[:, None, :],
-                          new_BTT & valid_BT[:, None, :]], axis=2)
-
-
 class Attention(nn.Module):
   """Multi-head attention (MHA / MQA / GQA) with RoPE, optional QK-norm,
   soft-cap and sliding window, over the new tokens or over a whole KV cache."""
@@ -146,17 +129,14 @@ class Attention(nn.Module):
       k_parts, v_parts, key_positions_BS = (new.k,), (new.v,), positions_BT
     else:
       # The keys are the S cached entries as they are, then the T new tokens
-      # (key axis S + T): attention reads the cache as it came in and never a
-      # written copy of it. Read-only (`write_cache=False`), the caller's mask
-      # already has S + T columns and the new entries go back to the caller
-      # (cache.write_entries). Otherwise they are written at `cache_index_BT`
-      # here, and the caller's mask, which describes the cache after the
-      # writes, is split into the two parts (`_split_written`). Attending to
-      # the written cache instead would make XLA:CPU copy the whole cache
-      # every step to keep its write in place (docs/benchmarks.md).
+      # (key axis S + T, as the mask's): attention reads the cache as it came
+      # in and never a written copy of it. Read-only (`write_cache=False`), the
+      # new entries go back to the caller (cache.write_entries); otherwise they
+      # are written at `cache_index_BT` below, after the reads (the model split
+      # the caller's mask of the written cache: `transformer.split_written`).
+      # Attending to the written cache instead would make XLA:CPU copy the
+      # whole cache every step to keep its write in place (docs/benchmarks.md).
       new_cache = new
-      if write_cache:
-        mask_BTS = _split_written(mask_BTS, cache_index_BT)
       k_parts = (cache.k.astype(cfg.dtype), new.k)
       v_parts = (cache.v.astype(cfg.dtype), new.v)
       key_positions_BS = jnp.concatenate([cache.positions, positions_BT], axis=1)
@@ -240,13 +220,16 @@ class FeedForward(nn.Module):
         layers.permuted_init(init, perm), tuple(axes[i] for i in perm)),
                         tuple(shape[i] for i in perm), jnp.dtype(cfg.param_dtype))
     gating = gating.astype(cfg.dtype)
-    if x_BTD.shape[1] == 1:
-      # One token (decoding): one matrix-vector product over both halves.
+    if x_BTD.shape[1] == 1 and eqn.split(',')[1].startswith('CF'):
+      # One token (decoding) and the weight stored [2, F, D]: one matrix-vector
+      # product W x over both halves, reading W as stored.
       gate_BTF, up_BTF = jnp.einsum(eqn, x_BTD, gating)
     else:
       # A product batched over (gate, up), x broadcast: the same arithmetic, but
-      # XLA:CPU then runs two F-wide products, several times faster at decode
-      # widths (T = 2..8) than one 2F-wide product.
+      # XLA:CPU then runs two F-wide products x W[c], several times faster at
+      # decode widths (T = 2..8) than one 2F-wide product, and with the weight
+      # stored [2, D, F] it reads W as stored at every width (one 2F-wide
+      # product copied the whole weight into [2F, D] on every decode step).
       gate_BTF, up_BTF = jnp.einsum('C' + eqn, jnp.broadcast_to(x_BTD, (2, *x_BTD.shape)),
                                     gating)
     hidden_BTF = nn.gelu(gate_BTF, approximate=True) * up_BTF

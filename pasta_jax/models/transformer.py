@@ -84,6 +84,23 @@ def attention_mask(attention, batch: int, length: int, keys: int) -> jax.Array:
   return jnp.asarray(attention)
 
 
+def split_written(mask_BTS: jax.Array, index_BT: jax.Array) -> jax.Array:
+  """The mask [B, T, S] of queries over a cache after T writes, as a mask
+  [B, T, S + T] over the cache before them, then the T written entries.
+
+  Entry `index[b, t]` holds the t-th new token after the writes, so the old
+  entry there is hidden and the new token's column is that entry's column;
+  an index outside [0, S) is a dropped write (`cache.write_at`), whose token no
+  query sees.
+  """
+  s = mask_BTS.shape[2]
+  valid_BT = (index_BT >= 0) & (index_BT < s)
+  written_BS = jnp.any((index_BT[:, :, None] == jnp.arange(s)) & valid_BT[:, :, None], axis=1)
+  new_BTT = jnp.take_along_axis(mask_BTS, jnp.clip(index_BT, 0, s - 1)[:, None, :], axis=2)
+  return jnp.concatenate([mask_BTS & ~written_BS[:, None, :],
+                          new_BTT & valid_BT[:, None, :]], axis=2)
+
+
 class Transformer(nn.Module):
   """Gemma 1/2/3 text decoder (see the module docstring for the call).
 
@@ -167,6 +184,10 @@ class Transformer(nn.Module):
     positions_BT = jnp.asarray(positions_BT, jnp.int32)
     if cache_index is not None:
       cache_index = jnp.asarray(cache_index, jnp.int32)
+      # Attention reads the cache as it comes in, then the new tokens
+      # (modules.Attention): the mask of the written cache, split once for
+      # every layer.
+      mask_BTS = split_written(mask_BTS, cache_index)
 
     embedder = Embedder(cfg, self.layouts, name='embedder')
     x_BTD = layers.constrain(embedder.encode(tokens_BT),
