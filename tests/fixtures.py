@@ -1,8 +1,13 @@
 """Helpers that several test packages' fixtures share."""
 
+import functools
+import importlib.util
+import types
 from typing import Iterator
 
+from absl import flags
 import jax
+import pytest
 
 from pasta_jax import benchmarking
 from pasta_jax import tokenizer as tokenizer_lib
@@ -16,6 +21,21 @@ def fast_compiles() -> Iterator[None]:
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', previous)
+
+
+def load_script(path: str, name: str) -> types.ModuleType:
+  """The script at `path` as a module, its absl flags defined in a FlagValues of
+  its own: a script's flag names (e.g. --cache_size) may be taken in the global
+  FLAGS by a module another test of this process imported."""
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  own = flags.FlagValues()
+  with pytest.MonkeyPatch.context() as patch:
+    for define in ('DEFINE_bool', 'DEFINE_enum', 'DEFINE_float', 'DEFINE_integer',
+                   'DEFINE_list', 'DEFINE_multi_string', 'DEFINE_string'):
+      patch.setattr(flags, define, functools.partial(getattr(flags, define), flag_values=own))
+    spec.loader.exec_module(module)
+  return module
 
 
 def synthetic_tokenizer(num_examples: int) -> tokenizer_lib.Tokenizer:

@@ -2,7 +2,6 @@
 the weights it hands the library have the library's param tree, our decoders write
 the greedy tokens the sampler is asked for, and the table's arithmetic."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +20,7 @@ SCRIPTS = ROOT / 'scripts'
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(name, SCRIPTS / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return fixtures.load_script(str(SCRIPTS / f'{name}.py'), name)
 
 
 @pytest.fixture(scope='module')
