@@ -11,6 +11,7 @@ order, and two hosts (taking every other example) together read the same 8.
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -59,9 +60,21 @@ def _write_data(directory) -> str:
 
 
 def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+  """A port for the coordinator, free on every interface, below the kernel's
+  ephemeral range: a port the kernel handed out (bind to 0) may be handed to
+  another process between this check and the coordinator's bind, which then
+  fails with 'Address already in use' (seen once in CI)."""
+  with open('/proc/sys/net/ipv4/ip_local_port_range', encoding='utf-8') as f:
+    low = int(f.read().split()[0])
+  rng = random.Random()
+  for port in rng.sample(range(max(1024, low - 12_000), low), 200):
+    with socket.socket() as s:
+      try:
+        s.bind(('', port))
+      except OSError:
+        continue
+      return port
+  raise RuntimeError('no free port below the ephemeral range')
 
 
 def _start(name: str, logs, args, devices: int) -> tuple[str, subprocess.Popen, str]:
