@@ -44,6 +44,15 @@ def permuted_init(init: Initializer, perm: tuple[int, ...] | None) -> Initialize
       init(key, tuple(shape[i] for i in inverse), dtype), perm)
 
 
+def permute_weight_letters(eqn: str, perm: tuple[int, ...] | None) -> str:
+  """'xs,ws->out' with the weight's letters `ws` in the stored order of `perm`."""
+  if perm is None:
+    return eqn
+  inputs, out = eqn.split('->')
+  xs, ws = inputs.split(',')
+  return f'{xs},{"".join(ws[i] for i in perm)}->{out}'
+
+
 def _merge_contracted(eqn: str, x: jax.Array, w: jax.Array) -> tuple[str, jax.Array, jax.Array]:
   """An equation 'xs,ws->out' whose contracted letters end x's subscripts and
   begin w's in the same order (e.g. 'BTNH,NHD->BTD'), rewritten to contract one
@@ -85,10 +94,7 @@ class Einsum(nn.Module):
     w = self.param('w', nn.with_logical_partitioning(
         permuted_init(self.init, self.perm), tuple(self.axes[i] for i in perm)),
                    tuple(self.shape[i] for i in perm), jnp.dtype(self.param_dtype))
-    if self.perm is not None:
-      inputs, out = eqn.split('->')
-      xs, ws = inputs.split(',')
-      eqn = f'{xs},{"".join(ws[i] for i in perm)}->{out}'
+    eqn = permute_weight_letters(eqn, self.perm)
     eqn, x, w = _merge_contracted(eqn, x, w.astype(self.dtype))
     return jnp.einsum(eqn, x, w)
 

@@ -214,8 +214,7 @@ class FeedForward(nn.Module):
     # Stored permuted when `layouts` says so (layers.Layouts): the equation's
     # weight letters follow.
     perm = layers.layout_of(self.layouts, 'gating_einsum') or (0, 1, 2)
-    xs, ws = eqn.split('->')[0].split(',')
-    eqn = f'{xs},{"".join(ws[i] for i in perm)}->{eqn.split("->")[1]}'
+    eqn = layers.permute_weight_letters(eqn, perm)
     gating = self.param('gating_einsum', nn.with_logical_partitioning(
         layers.permuted_init(init, perm), tuple(axes[i] for i in perm)),
                         tuple(shape[i] for i in perm), jnp.dtype(cfg.param_dtype))
