@@ -80,7 +80,8 @@ class Round:
     biased = logits_BWV + requests.logit_bias[:, None, :]
     return sampling.sample(biased, allowed, requests.keys, state.round,
                            requests.temperature, requests.top_p, top_k=cfg.top_k,
-                           use_top_p=cfg.use_top_p, slot_ids_BS=slots_BW)
+                           use_top_p=cfg.use_top_p, slot_ids_BS=slots_BW,
+                           draws=requests.draws)
 
   def pasta(self, params: Any, hoisted: Any | None, state: State,
             requests: Requests) -> State:
@@ -170,7 +171,8 @@ class Round:
     biased = logits + requests.logit_bias[:, None, :]
     token = sampling.sample(biased, jnp.broadcast_to(allowed, biased.shape), requests.keys,
                             state.round, requests.temperature, requests.top_p,
-                            top_k=cfg.top_k, use_top_p=cfg.use_top_p)
+                            top_k=cfg.top_k, use_top_p=cfg.use_top_p,
+                            draws=requests.draws)
     token = record.force(token, requests, state.slot_count)
     ends = fed & (token[:, 0] == self.c.eos)
     logged = record.log(state, cfg, fed[:, None], token, jnp.zeros_like(token), logits)
@@ -242,19 +244,20 @@ class Round:
     inputs = jnp.stack([jnp.asarray(x, jnp.int32) for x in
                         (token_BS, pos_BS, index_BS, *query_meta, *new_meta)], axis=-1)
     columns = jnp.take_along_axis(inputs, perm[:, :, None], axis=1)
-    token, pos, index = columns[..., 0], columns[..., 1], columns[..., 2]
+    index = columns[..., 2]
     n_meta = len(query_meta)
-    query = masks.AttentionMeta(*(columns[..., 3 + i] for i in range(n_meta)))
-    new_keys = masks.AttentionMeta(*(columns[..., 3 + n_meta + i] for i in range(n_meta)))
     rows = jnp.arange(b)[:, None]
 
     def run(width: int) -> Callable[[Any], tuple[jax.Array, jax.Array | None, Any]]:
-      def branch(cache: Any) -> tuple[jax.Array, jax.Array | None, Any]:
-        cut = lambda x: x[:, :width]
-        logits, entries = call(cache, cut(token), cut(pos),
-                               masks.AttentionMeta(*(cut(a) for a in query)),
-                               masks.AttentionMeta(*(cut(a) for a in new_keys)), width)
-        slots = cut(perm)
+      def branch(cache: Any, columns: jax.Array, perm: jax.Array
+                 ) -> tuple[jax.Array, jax.Array | None, Any]:
+        # The columns are cut and unstacked inside the branch, where the cuts
+        # fuse into their consumers (outside, each was an op of its own).
+        cut = columns[:, :width]
+        query = masks.AttentionMeta(*(cut[..., 3 + i] for i in range(n_meta)))
+        new_keys = masks.AttentionMeta(*(cut[..., 3 + n_meta + i] for i in range(n_meta)))
+        logits, entries = call(cache, cut[..., 0], cut[..., 1], query, new_keys, width)
+        slots = perm[:, :width]
         sampled = jnp.zeros((b, s), jnp.int32).at[rows, slots].set(sample(logits, slots))
         full = None
         if record:
@@ -264,7 +267,10 @@ class Round:
         return sampled, full, cache_lib.grow_cache(entries, s)
       return branch
 
-    needed = jnp.max(fed_BS.sum(axis=1))
-    branch = jnp.searchsorted(jnp.asarray(widths), needed)
-    sampled, logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache)
+    # The narrowest width that holds every request's fed slots: the number of
+    # widths below the need (a compare and a sum; jnp.searchsorted is a loop).
+    needed = jnp.max(n_fed)
+    branch = jnp.sum(jnp.asarray(widths) < needed)
+    sampled, logits, entries = jax.lax.switch(branch, [run(w) for w in widths], cache,
+                                              columns, perm)
     return sampled, logits, cache_lib.write_entries(cache, entries, index)
