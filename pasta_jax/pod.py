@@ -316,8 +316,10 @@ def compile_generation(setup: Setup, requests: int, prompt_tokens: int | None = 
       lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
       transformer.param_shapes(model_config),
       model_sharding.param_shardings(model_config, mesh, rules))
+  # A batch that samples (temperature > 0): the program with the random draws,
+  # a superset of an all-greedy batch's (`Requests.draws`).
   shapes = jax.eval_shape(lambda: interpreter_state.make_requests(
-      np.zeros(batch, np.uint32), temperature=0.0, top_p=1.0,
+      np.zeros(batch, np.uint32), temperature=1.0, top_p=1.0,
       forced=interpreter_state.no_forcing(batch, engine.num_thread_ids),
       logit_bias=np.zeros(model_config.vocab_size, np.float32)))
   inputs = jax.tree.map(

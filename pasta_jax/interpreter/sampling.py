@@ -28,38 +28,41 @@ def check_settings(temperature: float | Sequence[float] = 0.0,
 
 def sample(logits_BSV: jax.Array, allowed_BSV: jax.Array, keys_B: jax.Array,
            round_: jax.Array, temperature_B: jax.Array, top_p_B: jax.Array, *,
-           top_k: int, use_top_p: bool, slot_ids_BS: jax.Array | None = None) -> jax.Array:
+           top_k: int, use_top_p: bool, slot_ids_BS: jax.Array | None = None,
+           draws: bool = True) -> jax.Array:
   """Next token per slot, int32 [B, S].
 
   Disallowed tokens get probability 0 (the grammar); temperature 0 is greedy.
   The randomness of request b, slot s at a round depends only on (keys[b], round,
   slot_ids[b, s]) (default: s), so a request samples the same tokens alone or in
   any batch, and whichever subset of its slots is sampled.
+
+  `draws` (static; `Requests.draws`) False promises that every temperature is
+  0: only the greedy tokens are computed, no random numbers and no conditional.
+  True draws for every request and keeps the greedy token where the
+  temperature is 0, so the tokens are the same either way.
   """
   logits = jnp.where(allowed_BSV, logits_BSV.astype(jnp.float32), NEG_INF)
   greedy = argmax(logits)
+  if not draws:
+    return greedy
   temperature = temperature_B[:, None]
+  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[..., None]
+  if top_k:
+    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
+  if use_top_p:
+    scaled = _top_p(scaled, top_p_B[:, None, None])
+  ids = (jnp.broadcast_to(jnp.arange(scaled.shape[1]), scaled.shape[:2])
+         if slot_ids_BS is None else slot_ids_BS)
 
-  def draw(_: None) -> jax.Array:
-    scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[..., None]
-    if top_k:
-      kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
-      scaled = jnp.where(scaled >= kth, scaled, NEG_INF)
-    if use_top_p:
-      scaled = _top_p(scaled, top_p_B[:, None, None])
-    ids = (jnp.broadcast_to(jnp.arange(scaled.shape[1]), scaled.shape[:2])
-           if slot_ids_BS is None else slot_ids_BS)
+  def one(key: jax.Array, row_SV: jax.Array, ids_S: jax.Array) -> jax.Array:
+    key = jax.random.fold_in(key, round_)
+    keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(ids_S)
+    return jax.vmap(jax.random.categorical)(keys, row_SV)
 
-    def one(key: jax.Array, row_SV: jax.Array, ids_S: jax.Array) -> jax.Array:
-      key = jax.random.fold_in(key, round_)
-      keys = jax.vmap(lambda s: jax.random.fold_in(key, s))(ids_S)
-      return jax.vmap(jax.random.categorical)(keys, row_SV)
-
-    sampled = jax.vmap(one)(keys_B, scaled, ids).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled, greedy)
-
-  # An all-greedy batch skips drawing random numbers over the vocabulary.
-  return jax.lax.cond(jnp.any(temperature_B > 0), draw, lambda _: greedy, None)
+  sampled = jax.vmap(one)(keys_B, scaled, ids).astype(jnp.int32)
+  return jnp.where(temperature > 0, sampled, greedy)
 
 
 def argmax(x: jax.Array) -> jax.Array:

@@ -80,13 +80,19 @@ class Requests:
   top_p: jax.Array           # [B]
   forced: jax.Array          # [B, P, F] tokens to force per thread (-1 = sample)
   logit_bias: jax.Array      # [B, V] added to the logits before the grammar mask
+  # Whether some request samples (temperature > 0). Static: part of the pytree's
+  # structure, so an all-greedy batch runs a program without the random draws
+  # and without a conditional on the temperatures (on an accelerator, a
+  # conditional waits for its predicate on the host every round).
+  draws: bool = flax.struct.field(pytree_node=False, default=True)
 
 
 def make_requests(seeds: Any, *, temperature: Any, top_p: Any, forced: Any,
                   logit_bias: Any) -> Requests:
   """`Requests` of len(seeds) requests: request i samples with the PRNG key of
   `seeds[i]` (uint32), `temperature` and `top_p` (one value, or one per
-  request), `forced` [B, P, F] and `logit_bias` [V] (added to every request's logits)."""
+  request), `forced` [B, P, F] and `logit_bias` [V] (added to every request's logits).
+  `draws` is set from the host's temperatures (`Requests.draws`)."""
   n = len(seeds)
   keys = jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
   return Requests(
@@ -94,7 +100,8 @@ def make_requests(seeds: Any, *, temperature: Any, top_p: Any, forced: Any,
       top_p=jnp.broadcast_to(jnp.asarray(top_p, jnp.float32), (n,)),
       forced=jnp.asarray(forced, jnp.int32),
       logit_bias=jnp.broadcast_to(jnp.asarray(logit_bias, jnp.float32),
-                                  (n, np.shape(logit_bias)[-1])))
+                                  (n, np.shape(logit_bias)[-1])),
+      draws=bool(np.any(np.asarray(temperature) > 0)))
 
 
 def no_forcing(batch: int, num_thread_ids: int) -> np.ndarray:
