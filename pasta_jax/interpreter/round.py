@@ -230,7 +230,7 @@ class Round:
       logits, entries = call(cache, token_BS, pos_BS, query_meta, new_meta, s)
       slots = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
       return (sample(logits, slots), logits if record else None,
-              cache_lib.write_entries(cache, entries, index_BS))
+              cache_lib.write_entries(cache, entries, index_BS, after=logits))
     # Fed slots first, in slot order: slot j goes to column rank[j], so column r
     # holds the slot whose rank is r (a stable partition, without a sort).
     fed_i = fed_BS.astype(jnp.int32)

@@ -146,14 +146,25 @@ def layer_shapes(config: TransformerConfig, batch: int,
   return (batch, k, h, length), (batch, k, length, h), (batch, length)
 
 
-def write_entries(cache: Cache, entries: Cache, index_BT) -> Cache:
+def write_entries(cache: Cache, entries: Cache, index_BT,
+                  after: jax.Array | None = None) -> Cache:
   """Writes the new entries of a `write_cache=False` call (a cache of T entries)
   into the cache.
 
   `index_BT` [B, T] gives each new token's entry; an index outside [0, S) drops
   the token (e.g. an idle decoding slot). Indices of one row must be distinct.
+
+  `after` [B, ...]: a result of the call that read `cache` (its logits). The
+  writes are made to wait for it, so they come after every read of the cache:
+  nothing else orders them (the new entries do not depend on attention), and
+  XLA then copies every layer's whole K and V, twice, to keep the old entries
+  readable while it updates the cache in place. It is a test that holds for no
+  value (`x > inf`, NaN included), which XLA does not fold.
   """
   index_BT = jnp.asarray(index_BT, jnp.int32)
+  if after is not None:
+    never_B = jnp.reshape(after, (after.shape[0], -1))[:, 0] > jnp.inf
+    index_BT = jnp.where(never_B[:, None], cache_length(cache), index_BT)
   return {name: write_layer(c, index_BT, entries[name])
           for name, c in cache.items()}
 
