@@ -128,6 +128,10 @@ class DecoderFlags:
     self.cache_size = flags.DEFINE_integer('cache_size', 448, 'KV-cache entries per request.')
     self.max_steps = flags.DEFINE_integer('max_steps', 512, 'Decode rounds per request.')
     self.max_threads = flags.DEFINE_integer('max_threads', 16, 'Promises per request.')
+    self.round_widths = flags.DEFINE_list(
+        'round_widths', None, "The PASTA decoder's round widths (InterpreterConfig."
+        "round_widths), e.g. 8 for one width, an accelerator's default, on a CPU "
+        "(default: the backend's).")
     self.runs = flags.DEFINE_integer('runs', 5, 'Interleaved timing runs (the minimum is '
                                      'kept).')
 
@@ -137,6 +141,20 @@ class DecoderFlags:
     cli.check_flag(self.slots, self.slots.value >= 2, 'an int >= 2')
     cli.check_flag(self.vocab_size, self.vocab_size.value >= 0, 'an int >= 0')
     cli.check_flag(self.cache_size, self.cache_size.value >= 2, 'an int >= 2')
+    widths = self.widths()
+    if self.round_widths.value is not None and not (
+        widths and widths[0] >= 1 and widths[-1] == self.slots.value
+        and list(widths) == sorted(set(widths))):
+      raise errors.UsageError(
+          f'--round_widths={",".join(self.round_widths.value)}: expected increasing ints '
+          f'>= 1 that end with --slots={self.slots.value}')
+
+  def widths(self) -> tuple[int, ...] | None:
+    """--round_widths as ints (None: not given or not all ints)."""
+    try:
+      return tuple(int(w) for w in self.round_widths.value)
+    except (TypeError, ValueError):
+      return None
 
   def model(self, tok: tokenizer_lib.Tokenizer):
     """(config, params): `random_model` of the flags."""
@@ -153,7 +171,7 @@ class DecoderFlags:
       return {'sequential': Interpreter(config, params, tok, InterpreterConfig(
                   mode='sequential', slots=1, **shared)),
               'pasta': Interpreter(config, params, tok, InterpreterConfig(
-                  slots=self.slots.value, **shared))}
+                  slots=self.slots.value, round_widths=self.widths(), **shared))}
     except ValueError as e:  # e.g. no prompt bucket fits the cache
       raise errors.UsageError(str(e)) from e
 
@@ -161,7 +179,8 @@ class DecoderFlags:
     """One line: the machine, the model and the decoder settings."""
     return (f'jax {jax.__version__}, {jax.devices()[0].platform}, {jax.device_count()} '
             f'device(s); {self.preset.value}: {models.count_params(config) / 1e6:.1f}M params, '
-            f'{config.param_dtype}, vocab {config.vocab_size}; PASTA S={self.slots.value}, '
+            f'{config.param_dtype}, vocab {config.vocab_size}; PASTA S={self.slots.value}'
+            f'{"" if self.widths() is None else f", round widths {self.widths()}"}, '
             f'cache {self.cache_size.value}, random weights, greedy')
 
 

@@ -101,3 +101,13 @@ def test_bench_batch_reports_both_modes_at_every_batch_size(workload):
     assert float(row[2]) > 0 and float(row[3]) > 0
   assert "PASTA's answer tokens/s" in out
   assert 'forced decodes verified: all 2 requests' in out
+
+
+@pytest.mark.parametrize('widths', ['1,2,3', '4,2', '0,4', 'a,4'])
+def test_bench_forced_refuses_round_widths_that_do_not_end_with_the_slots(widths):
+  run = subprocess.run([sys.executable, 'scripts/bench_forced.py', '--slots', '4',
+                        '--round_widths', widths], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+  assert run.returncode == 2
+  assert (f'--round_widths={widths}: expected increasing ints >= 1 that end with '
+          '--slots=4') in run.stderr
