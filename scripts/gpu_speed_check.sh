@@ -15,24 +15,26 @@
 # lease, and a failed one does not stop the others; the exit status is the number
 # of benchmarks that failed or ran out of time.
 #
-# It needs jax with a GPU backend and the package importable (`pip install -e .`,
-# or PYTHONPATH=. where jax, flax and the other dependencies are installed already);
+# It needs jax with a GPU backend and the package importable by $PYTHON (default:
+# python) (`pip install -e .`, or PYTHONPATH=. where jax, flax and the other
+# dependencies are installed already);
 # it refuses to run on another backend unless GPU_CHECK_ANY_BACKEND=1 (a dry run of
 # the commands, e.g. on a CPU with GPU_CHECK_QUICK=1, which shrinks every size).
 set -uo pipefail
 
 out=${1:?usage: bash scripts/gpu_speed_check.sh OUT_DIR [RUNS_DIR]}
 runs=${2:-}
+py=${PYTHON:-python}  # the interpreter to run (default: python on PATH)
 cd "$(dirname "$0")/.."
 mkdir -p "$out"
 
-backend=$(python -c 'import jax; print(jax.default_backend())') || {
+backend=$("$py" -c 'import jax; print(jax.default_backend())') || {
   echo "gpu_speed_check: jax does not import; install the package first" >&2; exit 100; }
 if [[ "$backend" != gpu && "${GPU_CHECK_ANY_BACKEND:-0}" != 1 ]]; then
   echo "gpu_speed_check: jax's backend is '$backend', not gpu (GPU_CHECK_ANY_BACKEND=1 runs it anyway)" >&2
   exit 100
 fi
-python -c 'import jax; print(jax.__version__, jax.devices())' | tee "$out/machine.txt"
+"$py" -c 'import jax; print(jax.__version__, jax.devices())' | tee "$out/machine.txt"
 command -v nvidia-smi > /dev/null && nvidia-smi -L | tee -a "$out/machine.txt"
 
 if [[ "${GPU_CHECK_QUICK:-0}" == 1 ]]; then
@@ -46,8 +48,8 @@ fi
 failed=0
 bench() {  # bench NAME SECONDS ARGS...: python ARGS, its output into OUT_DIR/NAME.txt
   local name=$1 limit=$2; shift 2
-  echo "== $name (at most ${limit}s): python $*"
-  timeout "$limit" python "$@" > "$out/$name.txt" 2>&1
+  echo "== $name (at most ${limit}s): $py $*"
+  timeout "$limit" "$py" "$@" > "$out/$name.txt" 2>&1
   local rc=$?
   grep '^|' "$out/$name.txt" || true
   if (( rc != 0 )); then

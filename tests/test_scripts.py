@@ -111,3 +111,13 @@ def test_bench_forced_refuses_round_widths_that_do_not_end_with_the_slots(widths
   assert run.returncode == 2
   assert (f'--round_widths={widths}: expected increasing ints >= 1 that end with '
           '--slots=4') in run.stderr
+
+
+def test_gpu_speed_check_refuses_a_backend_that_is_not_a_gpu(tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != 'GPU_CHECK_ANY_BACKEND'}
+  run = subprocess.run(['bash', 'scripts/gpu_speed_check.sh', str(tmp_path / 'out')],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**env, 'JAX_PLATFORMS': 'cpu', 'PYTHON': sys.executable})
+  assert run.returncode == 100
+  assert "jax's backend is 'cpu', not gpu" in run.stderr
+  assert not any((tmp_path / 'out').iterdir())  # nothing measured
