@@ -146,6 +146,22 @@ def layer_shapes(config: TransformerConfig, batch: int,
   return (batch, k, h, length), (batch, k, length, h), (batch, length)
 
 
+def after_reads(index_BT: jax.Array, length: int, read_B: jax.Array) -> jax.Array:
+  """`index_BT`, made to depend on `read_B` [B, ...], a result computed from the
+  reads of the cache that the writes at `index_BT` must follow.
+
+  Nothing else orders a cache's writes after its reads (new entries do not
+  depend on attention), and XLA then keeps the old entries readable by copying
+  every layer's whole K and V while it updates the cache in place. Each row's
+  indices go through a test of its first element of `read_B` that holds for no
+  value (`x > inf`, NaN included) and that XLA does not fold; where it held,
+  the index would be `length`, a dropped write. Under the default sharding
+  rules every device holds its own rows of `read_B`: no collective is added.
+  """
+  never_B = jnp.reshape(read_B, (read_B.shape[0], -1))[:, 0] > jnp.inf
+  return jnp.where(never_B[:, None], length, index_BT)
+
+
 def write_entries(cache: Cache, entries: Cache, index_BT,
                   after: jax.Array | None = None) -> Cache:
   """Writes the new entries of a `write_cache=False` call (a cache of T entries)
@@ -153,18 +169,12 @@ def write_entries(cache: Cache, entries: Cache, index_BT,
 
   `index_BT` [B, T] gives each new token's entry; an index outside [0, S) drops
   the token (e.g. an idle decoding slot). Indices of one row must be distinct.
-
-  `after` [B, ...]: a result of the call that read `cache` (its logits). The
-  writes are made to wait for it, so they come after every read of the cache:
-  nothing else orders them (the new entries do not depend on attention), and
-  XLA then copies every layer's whole K and V, twice, to keep the old entries
-  readable while it updates the cache in place. It is a test that holds for no
-  value (`x > inf`, NaN included), which XLA does not fold.
+  `after` [B, ...]: a result of the call that read `cache` (its logits), which
+  the writes wait for (`after_reads`).
   """
   index_BT = jnp.asarray(index_BT, jnp.int32)
   if after is not None:
-    never_B = jnp.reshape(after, (after.shape[0], -1))[:, 0] > jnp.inf
-    index_BT = jnp.where(never_B[:, None], cache_length(cache), index_BT)
+    index_BT = after_reads(index_BT, cache_length(cache), after)
   return {name: write_layer(c, index_BT, entries[name])
           for name, c in cache.items()}
 

@@ -177,16 +177,9 @@ class Attention(nn.Module):
                      layers.fan_in_init((0, 1), 2), 'attn_vec_einsum')(
                          'BTNH,NHD->BTD', encoded_BTNH)
     if cache is not None and write_cache:
-      # The writes must come after every read of the cache, or XLA copies the
-      # whole cache (every layer, every step) to keep the old entries for the
-      # products while it updates the cache in place. Nothing orders them: the
-      # new entries do not depend on attention. So each row's indices are made
-      # to depend on its attention output, through a test that holds for no
-      # value (NaN included: `x > inf` is False) and that XLA does not fold.
-      # Under the default sharding rules every device already holds its rows'
-      # output (batch-sharded, replicated over heads): no collective is added.
-      never_B = out_BTD[:, 0, 0] > jnp.inf
-      index_BT = jnp.where(never_B[:, None], cache.positions.shape[1], cache_index_BT)
+      # The writes come after every read of the cache: their indices wait for
+      # this layer's attention output (cache.after_reads).
+      index_BT = cache_lib.after_reads(cache_index_BT, cache.positions.shape[1], out_BTD)
       new_cache = write_layer(cache, index_BT, new)
     return out_BTD, new_cache
 
